@@ -1,0 +1,73 @@
+"""The application factory: the lifespan builds every long-lived object onto ``app.state``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service import __version__
+from service.config import RoutesFile, Settings, load_routes
+from service.db.engine import make_engine, make_sessionmaker
+from service.errors import install_handlers
+from service.gateway import endpoints as gateway_endpoints
+from service.gateway.backends.openai import OpenAIBackend, new_client_session
+from service.gateway.pipeline import Pipeline
+from service.gateway.writer import AuditWriter
+from service.health import router as health_router
+from service.lineage import endpoints as lineage_endpoints
+from service.tenancy.auth import KeyResolver
+
+log = logging.getLogger("provenant")
+
+
+def create_app(settings: Settings, routes: RoutesFile | None = None) -> FastAPI:
+    """Build the gateway for these settings (routes read from ``settings.config`` if not given)."""
+    routes = routes if routes is not None else load_routes(settings.config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        writer = AuditWriter(
+            engine,
+            max_batch=settings.writer_max_batch,
+            probe_interval_s=settings.store_probe_interval_s,
+        )
+        await run_in_threadpool(writer.start)
+        if not writer.healthy:
+            log.warning("lineage store unreachable at start: requests get 503 until it answers")
+        http = new_client_session(settings.upstream_connections)
+        sessions = make_sessionmaker(engine)
+        app.state.settings = settings
+        app.state.sessions = sessions
+        app.state.writer = writer
+        app.state.keys = KeyResolver(sessions, settings.key_cache_ttl_s)
+        app.state.pipeline = Pipeline(routes.by_name(), OpenAIBackend(http), writer)
+        app.state.draining = False
+        try:
+            yield
+        finally:
+            app.state.draining = True
+            await http.close()
+            await run_in_threadpool(writer.stop)
+            engine.dispose()
+
+    app = FastAPI(
+        title="Provenant",
+        version=__version__,
+        summary="Audit and provenance gateway for LLM answers",
+        lifespan=lifespan,
+    )
+    install_handlers(app)
+    app.include_router(health_router)
+    app.include_router(gateway_endpoints.router)
+    app.include_router(lineage_endpoints.router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and ``provenant serve``: settings from the environment."""
+    return create_app(Settings())

@@ -1,0 +1,1 @@
+"""Engine and session factories, declarative base."""

@@ -1,0 +1,38 @@
+"""``Annotated`` dependency aliases over what the lifespan put on ``app.state``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from service.config import Settings
+from service.gateway.pipeline import Pipeline
+
+
+def _session(request: Request) -> Iterator[Session]:
+    """One session per request: committed on success, rolled back on error."""
+    with request.app.state.sessions() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def _pipeline(request: Request) -> Pipeline:
+    pipeline: Pipeline = request.app.state.pipeline
+    return pipeline
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SessionDep = Annotated[Session, Depends(_session)]
+PipelineDep = Annotated[Pipeline, Depends(_pipeline)]
+SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -1,0 +1,160 @@
+"""Domain errors with a stable ``code`` and their one handler.
+
+Every error leaves the service in the OpenAI error shape
+``{"error": {"message", "type", "param", "code"}}`` so client SDKs keep working, and never
+with a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+log = logging.getLogger("provenant.errors")
+
+
+class ProvenantError(Exception):
+    """Base error: HTTP status, OpenAI error type and a stable machine-readable code."""
+
+    status = 500
+    type = "api_error"
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class ConfigError(ProvenantError):
+    code = "config_error"
+
+
+class InvalidRequest(ProvenantError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class PayloadTooLarge(ProvenantError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class Unauthenticated(ProvenantError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(ProvenantError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class NotFound(ProvenantError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class StoreUnavailable(ProvenantError):
+    status = 503
+    type = "api_error"
+    code = "lineage_store_unavailable"
+
+
+class UpstreamError(ProvenantError):
+    status = 502
+    type = "api_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamRejected(ProvenantError):
+    """The upstream answered 4xx: its status is relayed to the client."""
+
+    type = "invalid_request_error"
+    code = "upstream_rejected"
+
+    def __init__(self, message: str, *, status: int, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.status = status
+
+
+def error_body(message: str, type_: str, code: str, param: str | None = None) -> bytes:
+    """The OpenAI error body as bytes."""
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
+
+
+def error_response(exc: ProvenantError) -> Response:
+    """Render a domain error."""
+    return Response(
+        error_body(exc.message, exc.type, exc.code, exc.param),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=exc.headers,
+    )
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Register the single set of handlers that turn errors into OpenAI-shaped bodies."""
+
+    async def on_domain(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProvenantError)
+        return error_response(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query"))
+        message = f"{loc}: {first.get('msg', 'invalid request')}" if loc else "invalid request"
+        return error_response(InvalidRequest(message, param=loc or None))
+
+    async def on_http(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = {401: Unauthenticated, 403: Forbidden, 404: NotFound}.get(exc.status_code)
+        err: ProvenantError = (kind or InvalidRequest)(str(exc.detail))
+        err.status = exc.status_code
+        return error_response(err)
+
+    async def on_store_down(_: Request, exc: Exception) -> Response:
+        log.error("lineage store error: %s", type(exc).__name__)
+        return error_response(StoreUnavailable("lineage store unavailable"))
+
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(ProvenantError("internal error"))
+
+    app.add_exception_handler(ProvenantError, on_domain)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(OperationalError, on_store_down)
+    app.add_exception_handler(InterfaceError, on_store_down)
+    app.add_exception_handler(Exception, on_unexpected)

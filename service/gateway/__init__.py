@@ -1,0 +1,1 @@
+"""The data plane: endpoints, one answer's pipeline, upstream backends, streaming, writer."""

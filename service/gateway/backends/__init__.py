@@ -1,0 +1,1 @@
+"""Upstream backends by route kind."""

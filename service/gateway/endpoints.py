@@ -1,0 +1,64 @@
+"""OpenAI-compatible endpoints: thin, they parse and hand over to the pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.deps import PipelineDep, SettingsDep
+from service.gateway.requests import check_chat_request, read_json_body
+from service.gateway.streaming import AuditedStream
+from service.tenancy.auth import CurrentPrincipal
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+_CHAT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["model", "messages"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "messages": {"type": "array", "items": {"type": "object"}},
+                        "stream": {"type": "boolean"},
+                        "user": {"type": "string"},
+                    },
+                    "additionalProperties": True,
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("/chat/completions", openapi_extra=_CHAT_BODY, response_model=None)
+async def chat_completions(
+    request: Request, principal: CurrentPrincipal, pipeline: PipelineDep, settings: SettingsDep
+) -> Response | AuditedStream:
+    """Create a chat completion through a route; the answer carries its provenance."""
+    body = await read_json_body(request, settings.max_body_bytes)
+    check_chat_request(body)
+    return await pipeline.chat(principal, body, request.headers.get("traceparent"))
+
+
+@router.get("/models")
+async def list_models(principal: CurrentPrincipal, pipeline: PipelineDep) -> dict[str, Any]:
+    """The routes, as OpenAI models."""
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "provenant",
+                "provenant": {"kind": route.kind},
+            }
+            for name, route in pipeline.routes.items()
+        ],
+    }

@@ -1,0 +1,157 @@
+"""Group-commit writer: many concurrent answers share one write transaction.
+
+One thread owns the write path. Requests enqueue their rows and await a future; the thread
+takes everything queued (up to ``max_batch``), inserts it in one transaction, commits, and
+resolves every future. While one commit runs, the next batch gathers, so no request waits
+longer than about one commit, and throughput is bounded by commits/s x batch size rather than
+commits/s. If a commit fails the store is marked unhealthy: callers fail closed (503) until a
+probe succeeds again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine, Table, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.errors import StoreUnavailable
+
+log = logging.getLogger("provenant.writer")
+
+Rows = dict[Table, list[dict[str, Any]]]
+_STOP = object()
+
+
+class AuditWriter:
+    """Commits batches of rows (several tables per answer) in single transactions."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = 512,
+        probe_interval_s: float = 1.0,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._probe_interval = probe_interval_s
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._on_batch = on_batch
+        self.healthy = False
+        self.batches = 0
+        self.rows_committed = 0
+
+    def start(self) -> None:
+        """Probe the store once, then start the writer thread."""
+        self.healthy = self._probe()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Flush what is queued and stop the thread."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def submit(self, rows: Rows) -> cf.Future[None]:
+        """Queue an answer's rows; the future resolves once they are committed."""
+        fut: cf.Future[None] = cf.Future()
+        if self._thread is None:
+            fut.set_exception(StoreUnavailable("audit writer is not running"))
+            return fut
+        self._queue.put((rows, fut))
+        return fut
+
+    async def commit(self, rows: Rows) -> None:
+        """Queue rows and wait until they are durable; raise StoreUnavailable otherwise."""
+        await asyncio.wrap_future(self.submit(rows))
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def probe(self) -> bool:
+        """Check the store now; a success also clears an unhealthy state."""
+        ok = self._probe()
+        if ok:
+            self.healthy = True
+        return ok
+
+    def _probe(self) -> bool:
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except SQLAlchemyError as exc:
+            log.warning("lineage store unreachable: %s", type(exc).__name__)
+            return False
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            try:
+                first = self._queue.get(timeout=self._probe_interval)
+            except queue.Empty:
+                if not self.healthy:
+                    self.healthy = self._probe()
+                continue
+            batch: list[tuple[Rows, cf.Future[None]]] = []
+            item = first
+            while True:
+                if item is _STOP:
+                    stopping = True
+                else:
+                    batch.append(item)
+                if len(batch) >= self._max_batch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._write(batch)
+
+    def _write(self, batch: list[tuple[Rows, cf.Future[None]]]) -> None:
+        merged: dict[Table, list[dict[str, Any]]] = {}
+        for rows, _ in batch:
+            for table, values in rows.items():
+                merged.setdefault(table, []).extend(values)
+        # insert parents before children: tables sorted by foreign-key dependency
+        ordered = sorted(merged, key=lambda t: _depth(t))
+        started = time.perf_counter()
+        try:
+            with self._engine.begin() as conn:
+                for table in ordered:
+                    conn.execute(table.insert(), merged[table])
+        except SQLAlchemyError as exc:
+            self.healthy = False
+            log.error("audit batch of %d failed: %s", len(batch), type(exc).__name__)
+            error = StoreUnavailable("lineage store unavailable; answer withheld")
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(error)
+            return
+        self.healthy = True
+        self.batches += 1
+        self.rows_committed += len(batch)
+        if self._on_batch is not None:
+            self._on_batch(len(batch), time.perf_counter() - started)
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
+
+
+def _depth(table: Table) -> int:
+    """How many foreign-key hops separate a table from the roots (parents first)."""
+    parents = {fk.column.table for fk in table.foreign_keys if fk.column.table is not table}
+    return 0 if not parents else 1 + max(_depth(p) for p in parents)

@@ -1,0 +1,1 @@
+"""Audit records and their lineage: models, repository, service, endpoints."""

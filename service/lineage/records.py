@@ -1,0 +1,144 @@
+"""Build an audit record row from one answer's exchange. Pure: no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from service.db.base import utcnow
+from service.lineage.models import AuditRecord, RecordStatus
+from service.tenancy.auth import Principal
+
+# request fields that are the prompt or the routing key, not parameters
+_NOT_PARAMS = frozenset({"messages", "model", "user"})
+
+
+def sha256_text(value: str) -> str:
+    """Hex SHA-256 of UTF-8 text."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def prompt_text(messages: list[Any]) -> str:
+    """The stored form of a prompt: its messages as JSON with sorted keys."""
+    return orjson.dumps(messages, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def answer_text(choices: list[dict[str, Any]]) -> str:
+    """The stored answer: the text of the first choice (all choices are kept in ``choices``)."""
+    if not choices:
+        return ""
+    message = choices[0].get("message") or {}
+    content = message.get("content")
+    return content if isinstance(content, str) else ""
+
+
+@dataclass
+class Exchange:
+    """What is known about one request from its arrival until its record is written."""
+
+    principal: Principal
+    route_name: str
+    route_kind: str
+    body: dict[str, Any]
+    upstream_model: str | None
+    trace_id: str | None = None
+    span_id: str | None = None
+    id: uuid.UUID = field(default_factory=lambda: uuid.UUID(bytes=_uuid7_bytes()))
+    created_at: datetime = field(default_factory=utcnow)
+    started: float = 0.0
+    upstream_latency_ms: float | None = None
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    def record_row(
+        self,
+        *,
+        status: RecordStatus,
+        http_status: int,
+        latency_ms: float,
+        choices: list[dict[str, Any]] | None = None,
+        usage: dict[str, Any] | None = None,
+        response_model: str | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> dict[str, Any]:
+        """The ``audit_records`` row for this exchange as it ended."""
+        choices = choices or []
+        prompt = prompt_text(self.body.get("messages") or [])
+        answer = answer_text(choices)
+        usage = usage or {}
+        end_user = self.body.get("user")
+        row: dict[str, Any] = {
+            "id": self.id,
+            "schema_version": 1,
+            "tenant_id": self.principal.tenant_id,
+            "api_key_id": self.principal.key_id,
+            "end_user": end_user if isinstance(end_user, str) else None,
+            "route": self.route_name,
+            "route_kind": self.route_kind,
+            "requested_model": str(self.body.get("model")),
+            "upstream_model": self.upstream_model,
+            "response_model": response_model,
+            "status": status.value,
+            "http_status": http_status,
+            "error_code": error_code,
+            "error_message": error_message,
+            "stream": self.stream,
+            "params": {k: v for k, v in self.body.items() if k not in _NOT_PARAMS},
+            "prompt": prompt,
+            "prompt_sha256": sha256_text(prompt),
+            "answer": answer,
+            "answer_sha256": sha256_text(answer),
+            "choices": choices,
+            "finish_reason": choices[0].get("finish_reason") if choices else None,
+            "prompt_tokens": _int(usage.get("prompt_tokens")),
+            "completion_tokens": _int(usage.get("completion_tokens")),
+            "total_tokens": _int(usage.get("total_tokens")),
+            "latency_ms": round(latency_ms, 3),
+            "upstream_latency_ms": (
+                round(self.upstream_latency_ms, 3) if self.upstream_latency_ms is not None else None
+            ),
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "created_at": self.created_at,
+            "completed_at": utcnow(),
+        }
+        return row
+
+    def rows(self, record: dict[str, Any]) -> dict[Any, list[dict[str, Any]]]:
+        """Everything this answer writes, by table, for one transaction."""
+        return {AuditRecord.__table__: [record]}
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _uuid7_bytes() -> bytes:
+    import uuid_utils
+
+    return uuid_utils.uuid7().bytes
+
+
+def parse_traceparent(header: str | None) -> tuple[str | None, str | None]:
+    """W3C ``traceparent`` → (trace id, parent span id), or (None, None) if absent/invalid."""
+    if not header:
+        return None, None
+    parts = header.strip().split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None, None
+    trace_id, span_id = parts[1].lower(), parts[2].lower()
+    try:
+        int(trace_id, 16), int(span_id, 16)
+    except ValueError:
+        return None, None
+    if trace_id == "0" * 32 or span_id == "0" * 16:
+        return None, None
+    return trace_id, span_id

@@ -1,0 +1,61 @@
+"""API shapes of audit records."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class AuditRecordSummary(BaseModel):
+    """A record in a listing: the envelope, without prompt and answer text."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    api_key_id: uuid.UUID
+    end_user: str | None
+    route: str
+    route_kind: str
+    requested_model: str
+    upstream_model: str | None
+    response_model: str | None
+    status: str
+    http_status: int
+    error_code: str | None
+    stream: bool
+    finish_reason: str | None
+    prompt_sha256: str
+    answer_sha256: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    latency_ms: float
+    upstream_latency_ms: float | None
+    trace_id: str | None
+    span_id: str | None
+    created_at: datetime
+    completed_at: datetime
+
+
+class AuditRecordOut(AuditRecordSummary):
+    """A whole record."""
+
+    schema_version: int
+    error_message: str | None
+    params: dict[str, Any]
+    prompt: str | None
+    answer: str | None
+    choices: list[dict[str, Any]] | None
+
+
+class AuditRecordPage(BaseModel):
+    """One page of a listing; pass ``next_cursor`` back as ``cursor`` for the next."""
+
+    object: str = "list"
+    data: list[AuditRecordSummary]
+    has_more: bool
+    next_cursor: uuid.UUID | None

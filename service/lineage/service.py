@@ -1,0 +1,40 @@
+"""Reading the audit log, always within the caller's tenant."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.orm import Session
+
+from service.errors import NotFound
+from service.lineage import repository
+from service.lineage.repository import RecordFilter
+from service.lineage.schemas import AuditRecordOut, AuditRecordPage, AuditRecordSummary
+from service.tenancy.auth import Principal
+
+
+def read_record(session: Session, *, principal: Principal, record_id: uuid.UUID) -> AuditRecordOut:
+    """One record of the caller's tenant; another tenant's record is indistinguishable from none."""
+    record = repository.get(session, principal.tenant_id, record_id)
+    if record is None:
+        raise NotFound(f"no audit record {record_id}")
+    return AuditRecordOut.model_validate(record)
+
+
+def list_records(
+    session: Session,
+    *,
+    principal: Principal,
+    flt: RecordFilter,
+    limit: int,
+    cursor: uuid.UUID | None,
+) -> AuditRecordPage:
+    """A page of the caller's tenant's records, newest first."""
+    rows = repository.page(session, principal.tenant_id, flt, limit=limit + 1, before=cursor)
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return AuditRecordPage(
+        data=[AuditRecordSummary.model_validate(r) for r in rows],
+        has_more=has_more,
+        next_cursor=rows[-1].id if has_more else None,
+    )

@@ -1,0 +1,1 @@
+"""Tenants, API keys, roles and the access table."""

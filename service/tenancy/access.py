@@ -1,0 +1,29 @@
+"""Who may call what: one declared table, checked on every request.
+
+An endpoint missing from ``ACCESS`` is refused for everyone, so a route added without a rule
+cannot leak (the route x role test walks the OpenAPI schema against this table).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from service.tenancy.models import Role
+
+PUBLIC: Final = frozenset[Role]()
+ANY_ROLE: Final = frozenset(Role)
+READERS: Final = frozenset({Role.auditor, Role.admin})
+
+ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    ("POST", "/v1/chat/completions"): frozenset({Role.app}),
+    ("GET", "/v1/models"): ANY_ROLE,
+    ("GET", "/v1/audit/records"): READERS,
+    ("GET", "/v1/audit/records/{record_id}"): ANY_ROLE,
+}
+
+
+def allowed_roles(method: str, path: str) -> frozenset[Role] | None:
+    """Roles allowed on an endpoint (empty = public), or None when no rule is declared."""
+    return ACCESS.get((method, path))

@@ -1,0 +1,44 @@
+# Provenant — the two newcomer commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: run test install lint typecheck migrations-check bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+## make run: install, migrate, create first-start keys, start the demo upstream and the gateway
+run: $(STAMP)
+	$(BIN)/provenant migrate
+	$(BIN)/provenant keys bootstrap
+	@$(BIN)/provenant demo-upstream --port 8081 & DEMO=$$!; \
+	  trap 'kill $$DEMO 2>/dev/null' EXIT INT TERM; \
+	  $(BIN)/provenant serve
+
+## make test: install test needs, lint, type-check, check migrations, run the suite
+test: $(TEST_STAMP)
+	$(BIN)/ruff check service tests bench migrations
+	$(BIN)/ruff format --check service tests bench migrations
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check service tests bench migrations
+
+bench: $(TEST_STAMP)
+	$(BIN)/python bench/proxy.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache tests/artifacts

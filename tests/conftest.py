@@ -1,0 +1,111 @@
+"""Shared fixtures: real loopback servers and databases built by the migrations.
+
+Storage-touching tests run twice, on SQLite and on PostgreSQL (``backend`` parameter).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.app import create_app
+from service.config import OpenAIRoute, RoutesFile, Settings, Timeouts
+from service.db.engine import make_engine, make_sessionmaker
+from service.db.migrate import upgrade
+from service.tenancy.service import create_key
+from tests.support.db import create_postgres_database, drop_postgres_database, postgres_admin_url
+from tests.support.servers import GatewayServer, UpstreamServer
+
+QUICK = Timeouts(connect=2, read=0.5, total=5)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[UpstreamServer]:
+    server = UpstreamServer().start()
+    yield server
+    server.stop()
+
+
+def test_routes(upstream_url: str) -> RoutesFile:
+    """One route per upstream behaviour the tests exercise."""
+
+    def route(name: str, model: str | None, timeouts: Timeouts = Timeouts()) -> OpenAIRoute:
+        return OpenAIRoute(name=name, upstream=upstream_url, upstream_model=model,
+                           timeouts=timeouts)
+
+    return RoutesFile(routes=[
+        route("echo", "echo-1"),
+        route("passthrough", None),
+        route("fail", "fail-500"),
+        route("reject", "reject-400"),
+        route("bad-json", "bad-json"),
+        route("slow", "slow-3000", QUICK),
+        route("cut", "cut-stream"),
+        route("stall", "stall-stream", QUICK),
+        route("drip", "drip-100"),
+    ])
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'provenant.db'}"
+        upgrade(url)
+        yield url
+        return
+    admin = postgres_admin_url()
+    if admin is None:
+        pytest.skip("PROVENANT_TEST_POSTGRES_URL not set (CI sets it and requires PostgreSQL)")
+    url = create_postgres_database(admin)
+    yield url
+    drop_postgres_database(admin, url)
+
+
+@pytest.fixture(scope="session")
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
+    return Settings(database_url=database_url, data_dir=data_dir, config=Path("unused.yaml"),
+                    **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    database_url: str, upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayServer]:
+    settings = make_settings(database_url, tmp_path_factory.mktemp("data"))
+    server = GatewayServer(create_app(settings, test_routes(upstream.base_url))).start()
+    yield server
+    server.stop()
+
+
+@dataclass(frozen=True)
+class TenantKeys:
+    tenant: str
+    app: str
+    auditor: str
+    admin: str
+
+
+def new_tenant(sessions: sessionmaker[Session]) -> TenantKeys:
+    """A fresh tenant with one key per role, made through the real key service."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    with sessions() as session:
+        keys = {role: create_key(session, tenant=name, role=role).key
+                for role in ("app", "auditor", "admin")}
+        session.commit()
+    return TenantKeys(name, keys["app"], keys["auditor"], keys["admin"])
+
+
+@pytest.fixture
+def tenant(sessions: sessionmaker[Session]) -> TenantKeys:
+    return new_tenant(sessions)

@@ -164,3 +164,7 @@ def keys_bootstrap() -> None:
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -7,10 +7,10 @@ app factory and the CLI, so tests pass their own values in.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigError
@@ -72,6 +72,18 @@ class RoutesFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     routes: list[Route] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("routes"), list):
+            data = {
+                **data,
+                "routes": [
+                    {"kind": "openai", **r} if isinstance(r, dict) else r for r in data["routes"]
+                ],
+            }
+        return data
 
     @field_validator("routes")
     @classmethod

@@ -166,7 +166,10 @@ async def _stream(
             request.transport.close()
             return resp
         if model == "stall-stream" and k == 1:
-            await asyncio.sleep(3600)
+            # polling: aiohttp offers no event for "client went away" to a running handler
+            while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # silent until the client gives up
+            return resp
         for i in range(n):
             await resp.write(
                 chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None}])

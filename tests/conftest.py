@@ -31,28 +31,35 @@ def upstream() -> Iterator[UpstreamServer]:
     server.stop()
 
 
-def test_routes(upstream_url: str) -> RoutesFile:
+def routes_for(upstream_url: str) -> RoutesFile:
     """One route per upstream behaviour the tests exercise."""
 
     def route(name: str, model: str | None, timeouts: Timeouts = Timeouts()) -> OpenAIRoute:
-        return OpenAIRoute(name=name, upstream=upstream_url, upstream_model=model,
-                           timeouts=timeouts)
+        return OpenAIRoute(
+            name=name, upstream=upstream_url, upstream_model=model, timeouts=timeouts
+        )
 
-    return RoutesFile(routes=[
-        route("echo", "echo-1"),
-        route("passthrough", None),
-        route("fail", "fail-500"),
-        route("reject", "reject-400"),
-        route("bad-json", "bad-json"),
-        route("slow", "slow-3000", QUICK),
-        route("cut", "cut-stream"),
-        route("stall", "stall-stream", QUICK),
-        route("drip", "drip-100"),
-    ])
+    return RoutesFile(
+        routes=[
+            route("echo", "echo-1"),
+            route("passthrough", None),
+            route("fail", "fail-500"),
+            route("reject", "reject-400"),
+            route("bad-json", "bad-json"),
+            route("slow", "slow-3000", QUICK),
+            route("cut", "cut-stream"),
+            route("stall", "stall-stream", QUICK),
+            route("drip", "drip-100"),
+        ]
+    )
 
 
-@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(
+    scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'provenant.db'}"
         upgrade(url)
@@ -74,8 +81,9 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
 
 
 def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Settings:
-    return Settings(database_url=database_url, data_dir=data_dir, config=Path("unused.yaml"),
-                    **overrides)  # type: ignore[arg-type]
+    return Settings(
+        database_url=database_url, data_dir=data_dir, config=Path("unused.yaml"), **overrides
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +91,7 @@ def gateway(
     database_url: str, upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayServer]:
     settings = make_settings(database_url, tmp_path_factory.mktemp("data"))
-    server = GatewayServer(create_app(settings, test_routes(upstream.base_url))).start()
+    server = GatewayServer(create_app(settings, routes_for(upstream.base_url))).start()
     yield server
     server.stop()
 
@@ -100,8 +108,10 @@ def new_tenant(sessions: sessionmaker[Session]) -> TenantKeys:
     """A fresh tenant with one key per role, made through the real key service."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     with sessions() as session:
-        keys = {role: create_key(session, tenant=name, role=role).key
-                for role in ("app", "auditor", "admin")}
+        keys = {
+            role: create_key(session, tenant=name, role=role).key
+            for role in ("app", "auditor", "admin")
+        }
         session.commit()
     return TenantKeys(name, keys["app"], keys["auditor"], keys["admin"])
 

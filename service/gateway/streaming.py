@@ -177,11 +177,16 @@ class AuditedStream(Response):
     async def _send_error(
         self, send: Send, exc: ProvenantError, provenance: dict[str, Any] | None
     ) -> None:
-        payload: dict[str, Any] = {
-            "error": {"message": exc.message, "type": exc.type, "param": None, "code": exc.code}
+        error: dict[str, Any] = {
+            "message": exc.message,
+            "type": exc.type,
+            "param": None,
+            "code": exc.code,
         }
         if provenance is not None:
-            payload["provenance"] = provenance
+            # inside the error object: the SDKs hand only that object to the application
+            error["provenance"] = provenance
+        payload = {"error": error}
         await send({"type": "http.response.body", "body": sse(payload), "more_body": False})
 
     async def _relay(self, send: Send) -> StreamEnd:

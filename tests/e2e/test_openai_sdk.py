@@ -24,8 +24,9 @@ def sha256(text: str) -> str:
 
 
 def fetch_record(gateway: GatewayServer, key: str, audit_id: str) -> dict:
-    resp = httpx.get(f"{gateway.url}/v1/audit/records/{audit_id}",
-                     headers={"Authorization": f"Bearer {key}"})
+    resp = httpx.get(
+        f"{gateway.url}/v1/audit/records/{audit_id}", headers={"Authorization": f"Bearer {key}"}
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -37,14 +38,13 @@ def expected_prompt_hash() -> str:
 def test_sync_answer_matches_upstream_and_is_recorded(
     gateway: GatewayServer, upstream: UpstreamServer, tenant: TenantKeys
 ) -> None:
-    direct = openai.OpenAI(base_url=upstream.base_url, api_key="unused")
-    via = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=tenant.app)
-
-    expected = direct.chat.completions.create(model="echo-1", messages=MESSAGES)
-    raw = via.chat.completions.with_raw_response.create(
-        model="echo", messages=MESSAGES, user="patient-42"
-    )
-    got = raw.parse()
+    with openai.OpenAI(base_url=upstream.base_url, api_key="unused") as direct:
+        expected = direct.chat.completions.create(model="echo-1", messages=MESSAGES)
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=tenant.app) as via:
+        raw = via.chat.completions.with_raw_response.create(
+            model="echo", messages=MESSAGES, user="patient-42"
+        )
+        got = raw.parse()
 
     assert got.choices[0].message.content == expected.choices[0].message.content
     provenance = got.model_extra["provenance"]
@@ -70,12 +70,14 @@ def test_async_client_answers_concurrently_each_with_its_own_record(
     async def run() -> list[openai.types.chat.ChatCompletion]:
         client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=tenant.app)
         async with client:
-            return await asyncio.gather(*[
-                client.chat.completions.create(
-                    model="echo", messages=[{"role": "user", "content": f"question {i}"}]
-                )
-                for i in range(20)
-            ])
+            return await asyncio.gather(
+                *[
+                    client.chat.completions.create(
+                        model="echo", messages=[{"role": "user", "content": f"question {i}"}]
+                    )
+                    for i in range(20)
+                ]
+            )
 
     answers = asyncio.run(run())
     ids = {a.model_extra["provenance"]["audit_id"] for a in answers}
@@ -90,18 +92,19 @@ def test_async_client_answers_concurrently_each_with_its_own_record(
 def test_streamed_answer_matches_and_ends_with_provenance(
     gateway: GatewayServer, upstream: UpstreamServer, tenant: TenantKeys, include_usage: bool
 ) -> None:
-    direct = openai.OpenAI(base_url=upstream.base_url, api_key="unused")
-    via = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=tenant.app)
     options = {"include_usage": True} if include_usage else None
-    expected = "".join(
-        c.choices[0].delta.content or ""
-        for c in direct.chat.completions.create(model="echo-1", messages=MESSAGES, stream=True)
-        if c.choices
-    )
-
-    chunks = list(via.chat.completions.create(
-        model="echo", messages=MESSAGES, stream=True, stream_options=options
-    ))
+    with openai.OpenAI(base_url=upstream.base_url, api_key="unused") as direct:
+        expected = "".join(
+            c.choices[0].delta.content or ""
+            for c in direct.chat.completions.create(model="echo-1", messages=MESSAGES, stream=True)
+            if c.choices
+        )
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=tenant.app) as via:
+        chunks = list(
+            via.chat.completions.create(
+                model="echo", messages=MESSAGES, stream=True, stream_options=options
+            )
+        )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == expected
 
@@ -126,16 +129,34 @@ def test_streamed_answer_matches_and_ends_with_provenance(
 def test_every_openai_parameter_reaches_the_upstream(
     gateway: GatewayServer, upstream: UpstreamServer, tenant: TenantKeys
 ) -> None:
-    via = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=tenant.app)
-    tools = [{"type": "function", "function": {
-        "name": "lookup_policy", "parameters": {"type": "object", "properties": {}}}}]
-    got = via.chat.completions.create(
-        model="echo", messages=MESSAGES, tools=tools, tool_choice="auto", n=2, seed=7,
-        temperature=0.2, top_p=0.9, max_tokens=50, response_format={"type": "text"},
-        extra_body={"vendor_option": {"beam": 3}},
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup_policy",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+    ]
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=tenant.app) as via:
+        got = via.chat.completions.create(
+            model="echo",
+            messages=MESSAGES,
+            tools=tools,
+            tool_choice="auto",
+            n=2,
+            seed=7,
+            temperature=0.2,
+            top_p=0.9,
+            max_tokens=50,
+            response_format={"type": "text"},
+            extra_body={"vendor_option": {"beam": 3}},
+        )
+    sent = next(
+        r["body"]
+        for r in reversed(upstream.requests)
+        if r["body"].get("seed") == 7 and r["body"].get("n") == 2
     )
-    sent = next(r["body"] for r in reversed(upstream.requests)
-                if r["body"].get("seed") == 7 and r["body"].get("n") == 2)
     assert sent["model"] == "echo-1"
     assert sent["tools"] == tools
     assert sent["tool_choice"] == "auto"
@@ -155,6 +176,6 @@ def test_every_openai_parameter_reaches_the_upstream(
 
 
 def test_models_lists_routes(gateway: GatewayServer, tenant: TenantKeys) -> None:
-    via = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=tenant.app)
-    names = {m.id for m in via.models.list()}
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=tenant.app) as via:
+        names = {m.id for m in via.models.list()}
     assert {"echo", "fail", "drip"} <= names

@@ -60,8 +60,14 @@ class GatewayServer:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-            loop="asyncio", http="httptools", timeout_graceful_shutdown=2,
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="on",
+            loop="asyncio",
+            http="httptools",
+            timeout_graceful_shutdown=2,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, daemon=True)

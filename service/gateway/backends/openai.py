@@ -113,4 +113,11 @@ class OpenAIBackend:
         self, route: OpenAIRoute, payload: dict[str, Any], traceparent: str | None
     ) -> aiohttp.ClientResponse:
         """Start a streamed completion; errors before the first byte raise like ``complete``."""
-        return await self._post(route, payload, traceparent, stream=True)
+        resp = await self._post(route, payload, traceparent, stream=True)
+        if not resp.content_type.startswith("text/event-stream"):
+            resp.close()
+            raise UpstreamError(
+                f"upstream answered a streamed request with {resp.content_type or 'no type'}, "
+                "not an event stream"
+            )
+        return resp

@@ -1,0 +1,121 @@
+"""Pure pieces of the record: hashes, trace context, stream reassembly, request checks."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import pytest
+
+from service.errors import InvalidRequest
+from service.gateway.requests import check_chat_request
+from service.gateway.streaming import StreamAccumulator
+from service.lineage.models import RecordStatus
+from service.lineage.records import Exchange, answer_text, parse_traceparent, prompt_text
+from service.tenancy.auth import Principal
+from service.tenancy.models import Role
+
+
+def test_traceparent_is_parsed_and_invalid_ones_ignored() -> None:
+    tid, sid = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    assert parse_traceparent(f"00-{tid}-{sid}-01") == (tid, sid)
+    assert parse_traceparent(f"00-{tid.upper()}-{sid}-01") == (tid, sid)
+    for bad in (None, "", "garbage", f"00-{'0' * 32}-{sid}-01", f"00-{tid}-zzzzzzzzzzzzzzzz-01"):
+        assert parse_traceparent(bad) == (None, None)
+
+
+def test_prompt_text_is_stable_under_key_order() -> None:
+    a = [{"role": "user", "content": "é"}]
+    b = [{"content": "é", "role": "user"}]
+    assert prompt_text(a) == prompt_text(b) == '[{"content":"é","role":"user"}]'
+
+
+def test_answer_text_takes_the_first_choice_and_tolerates_tool_calls() -> None:
+    assert answer_text([]) == ""
+    assert answer_text([{"message": {"content": None, "tool_calls": []}}]) == ""
+    assert answer_text([{"message": {"content": "a"}}, {"message": {"content": "b"}}]) == "a"
+
+
+def test_stream_accumulator_rebuilds_each_choice() -> None:
+    acc = StreamAccumulator()
+    for chunk in (
+        {
+            "id": "c1",
+            "model": "m",
+            "created": 1,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}},
+                {"index": 1, "delta": {"content": "B"}},
+            ],
+        },
+        {"choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+        {
+            "choices": [
+                {"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"},
+                {"index": 1, "delta": {}, "finish_reason": "length"},
+            ]
+        },
+        {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}},
+    ):
+        acc.feed(chunk)
+    choices = acc.choices()
+    assert [c["message"]["content"] for c in choices] == ["Hello", "B"]
+    assert [c["finish_reason"] for c in choices] == ["stop", "length"]
+    assert acc.usage == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    assert (acc.id, acc.model) == ("c1", "m")
+
+
+def test_record_row_hashes_what_it_stores_and_keeps_params() -> None:
+    principal = Principal(uuid.uuid4(), "p", uuid.uuid4(), "t", Role.app)
+    body = {
+        "model": "r",
+        "messages": [{"role": "user", "content": "q"}],
+        "seed": 3,
+        "user": "u1",
+        "tools": [{"type": "function"}],
+    }
+    ex = Exchange(principal, "r", "openai", body, "up")
+    row = ex.record_row(
+        status=RecordStatus.ok,
+        http_status=200,
+        latency_ms=1.23456,
+        choices=[{"index": 0, "message": {"content": "ans"}, "finish_reason": "stop"}],
+        usage={"prompt_tokens": 1, "completion_tokens": True, "total_tokens": 2},
+    )
+    assert row["answer_sha256"] == hashlib.sha256(b"ans").hexdigest()
+    assert row["prompt_sha256"] == hashlib.sha256(row["prompt"].encode()).hexdigest()
+    assert row["params"] == {"seed": 3, "tools": [{"type": "function"}]}
+    assert row["end_user"] == "u1"
+    assert row["completion_tokens"] is None  # a bool is not a token count
+    assert row["latency_ms"] == 1.235
+    assert ex.id.version == 7
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": [{"role": "user"}]},
+        {"model": "", "messages": [{"role": "user"}]},
+        {"model": "m", "messages": {"role": "user"}},
+        {"model": "m", "messages": [{"content": "no role"}]},
+        {"model": "m", "messages": [{"role": "user"}], "n": True},
+        {"model": "m", "messages": [{"role": "user"}], "user": "x" * 257},
+    ],
+)
+def test_check_chat_request_refuses(body: dict) -> None:
+    with pytest.raises(InvalidRequest):
+        check_chat_request(body)
+
+
+def test_check_chat_request_accepts_a_full_openai_request() -> None:
+    check_chat_request(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": None,
+            "n": 3,
+            "user": "u",
+            "tools": [],
+            "seed": 1,
+        }
+    )

@@ -41,7 +41,14 @@ def serve(
     """Start the gateway."""
     import uvicorn
 
+    from service.config import load_routes
+
     settings = _settings()
+    try:
+        routes = load_routes(settings.config)
+    except ProvenantError as exc:
+        _fail(exc)
+    err.print(f"routes from {settings.config}: {', '.join(r.name for r in routes.routes)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         "service.app:create_app_from_env",

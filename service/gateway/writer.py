@@ -122,21 +122,22 @@ class AuditWriter:
                 self._write(batch)
 
     def _write(self, batch: list[tuple[Rows, cf.Future[None]]]) -> None:
-        merged: dict[Table, list[dict[str, Any]]] = {}
-        for rows, _ in batch:
-            for table, values in rows.items():
-                merged.setdefault(table, []).extend(values)
-        # insert parents before children: tables sorted by foreign-key dependency
-        ordered = sorted(merged, key=lambda t: _depth(t))
         started = time.perf_counter()
         try:
-            with self._engine.begin() as conn:
-                for table in ordered:
-                    conn.execute(table.insert(), merged[table])
-        except SQLAlchemyError as exc:
-            self.healthy = False
+            self._insert([rows for rows, _ in batch])
+        except Exception as exc:  # the writer thread must survive anything
+            if len(batch) > 1 and self._probe():
+                # the store is up, so a row was at fault: retry one by one to isolate it
+                for item in batch:
+                    self._write([item])
+                return
+            self.healthy = self._probe()
             log.error("audit batch of %d failed: %s", len(batch), type(exc).__name__)
-            error = StoreUnavailable("lineage store unavailable; answer withheld")
+            error = StoreUnavailable(
+                "lineage store unavailable; answer withheld"
+                if not self.healthy
+                else "the audit record could not be stored; answer withheld"
+            )
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(error)
@@ -149,6 +150,16 @@ class AuditWriter:
         for _, fut in batch:
             if not fut.done():
                 fut.set_result(None)
+
+    def _insert(self, answers: list[Rows]) -> None:
+        merged: dict[Table, list[dict[str, Any]]] = {}
+        for rows in answers:
+            for table, values in rows.items():
+                merged.setdefault(table, []).extend(values)
+        with self._engine.begin() as conn:
+            # parents before children: tables sorted by foreign-key depth
+            for table in sorted(merged, key=_depth):
+                conn.execute(table.insert(), merged[table])
 
 
 def _depth(table: Table) -> int:

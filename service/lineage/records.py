@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import uuid_utils
 
 from service.db.base import utcnow
 from service.lineage.models import AuditRecord, RecordStatus
@@ -85,7 +86,7 @@ class Exchange:
             "route_kind": self.route_kind,
             "requested_model": str(self.body.get("model")),
             "upstream_model": self.upstream_model,
-            "response_model": response_model,
+            "response_model": _clip(response_model, 200),
             "status": status.value,
             "http_status": http_status,
             "error_code": error_code,
@@ -97,7 +98,7 @@ class Exchange:
             "answer": answer,
             "answer_sha256": sha256_text(answer),
             "choices": choices,
-            "finish_reason": choices[0].get("finish_reason") if choices else None,
+            "finish_reason": _clip(choices[0].get("finish_reason"), 64) if choices else None,
             "prompt_tokens": _int(usage.get("prompt_tokens")),
             "completion_tokens": _int(usage.get("completion_tokens")),
             "total_tokens": _int(usage.get("total_tokens")),
@@ -122,9 +123,12 @@ def _int(value: Any) -> int | None:
 
 
 def _uuid7_bytes() -> bytes:
-    import uuid_utils
-
     return uuid_utils.uuid7().bytes
+
+
+def _clip(value: Any, size: int) -> str | None:
+    """Bound a string from outside (an upstream's model name, finish reason) to its column."""
+    return value[:size] if isinstance(value, str) else None
 
 
 def parse_traceparent(header: str | None) -> tuple[str | None, str | None]:

@@ -1,0 +1,76 @@
+"""The group-commit writer: batches share transactions, and a bad row fails only itself."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.engine import make_engine
+from service.errors import StoreUnavailable
+from service.gateway.writer import AuditWriter
+from service.lineage.models import AuditRecord, RecordStatus
+from service.lineage.records import Exchange
+from service.tenancy.auth import Principal
+from service.tenancy.models import ApiKey, Role, Tenant
+from tests.conftest import new_tenant
+
+
+def principal_of(sessions: sessionmaker[Session]) -> Principal:
+    keys = new_tenant(sessions)
+    with sessions() as session:
+        tenant = session.scalars(select(Tenant).where(Tenant.name == keys.tenant)).one()
+        key = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id)).first()
+        assert key is not None
+        return Principal(key.id, key.prefix, tenant.id, tenant.name, Role.app)
+
+
+def rows_for(principal: Principal, text: str) -> tuple[uuid.UUID, dict]:
+    body = {"model": "echo", "messages": [{"role": "user", "content": text}]}
+    ex = Exchange(principal, "echo", "openai", body, "echo-1")
+    row = ex.record_row(status=RecordStatus.ok, http_status=200, latency_ms=1.0)
+    return ex.id, ex.rows(row)
+
+
+def test_concurrent_answers_share_transactions_and_a_bad_row_fails_alone(
+    database_url: str, sessions: sessionmaker[Session]
+) -> None:
+    good = principal_of(sessions)
+    ghost = Principal(uuid.uuid4(), "x", uuid.uuid4(), "ghost", Role.app)  # violates FKs
+    engine = make_engine(database_url)
+    writer = AuditWriter(engine, max_batch=64)
+    writer.start()
+    try:
+        good_rows = [rows_for(good, f"q{i}") for i in range(200)]
+        bad_id, bad_rows = rows_for(ghost, "poison")
+        futures = [writer.submit(r) for _, r in good_rows[:100]]
+        poisoned = writer.submit(bad_rows)
+        futures += [writer.submit(r) for _, r in good_rows[100:]]
+        cf.wait([*futures, poisoned], timeout=60)
+
+        assert all(f.exception() is None for f in futures)
+        assert isinstance(poisoned.exception(), StoreUnavailable)
+        assert writer.healthy
+        assert writer.rows_committed == 200
+        assert writer.batches < 200  # group commit: fewer transactions than answers
+    finally:
+        writer.stop()
+        engine.dispose()
+    with sessions() as session:
+        ids = {i for i, _ in good_rows}
+        stored = session.scalar(
+            select(func.count()).select_from(AuditRecord).where(AuditRecord.id.in_(ids))
+        )
+        assert stored == 200
+        assert session.get(AuditRecord, bad_id) is None
+
+
+def test_a_stopped_writer_refuses_rather_than_dropping(database_url: str) -> None:
+    engine = make_engine(database_url)
+    writer = AuditWriter(engine)
+    with pytest.raises(StoreUnavailable):
+        writer.submit({}).result(timeout=1)
+    engine.dispose()

@@ -1,0 +1,1 @@
+"""Tamper evidence: Merkle tree, checkpoints, receipts, verification."""

@@ -56,6 +56,14 @@ class PayloadTooLarge(ProvenantError):
     code = "payload_too_large"
 
 
+class ClientClosedRequest(ProvenantError):
+    """The client went away before its request was read; nobody is left to answer."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+
+
 class Unauthenticated(ProvenantError):
     status = 401
     type = "authentication_error"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from service.errors import InvalidRequest, PayloadTooLarge
+from service.errors import ClientClosedRequest, InvalidRequest, PayloadTooLarge
 
 
 async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
@@ -17,11 +17,14 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         raise PayloadTooLarge(f"request body exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise ClientClosedRequest("client disconnected while sending the request") from exc
     raw = b"".join(chunks)
     if not raw:
         raise InvalidRequest("request body is empty; send a JSON object")

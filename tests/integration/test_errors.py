@@ -225,3 +225,22 @@ def test_client_disconnect_mid_stream_is_recorded_with_the_partial_answer(
     assert rec["status"] == "client_disconnected"
     assert rec["answer"].startswith("Echo: w0")
     assert len(rec["answer"].split()) < 41
+
+
+def test_client_leaving_while_sending_its_body_is_not_an_internal_error(
+    gateway: GatewayServer, tenant: TenantKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {tenant.app}\r\n".encode()
+            + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            + b'{"model": "echo", "mess'
+        )
+        time.sleep(0.3)  # the gateway is now waiting for the rest of the body
+    time.sleep(0.3)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    resp = post(gateway, tenant.app, {"model": "echo", "messages": MSG})
+    assert resp.status_code == 200

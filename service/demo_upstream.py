@@ -123,7 +123,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
             ),
             content_type="application/json",
         )
-    return await _stream(request, body, cid, created, model, answer, n)
+    try:
+        return await _stream(request, body, cid, created, model, answer, n)
+    except ConnectionResetError:  # the client left mid-stream: nothing more to send
+        return web.Response(status=499)
 
 
 async def _stream(

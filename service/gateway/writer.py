@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import logging
 import queue
 import threading
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, Table, text
+from sqlalchemy import Connection, Engine, Table, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.errors import StoreUnavailable
@@ -47,6 +48,7 @@ class AuditWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._on_batch = on_batch
+        self._conn: Connection | None = None  # owned by the writer thread
         self.healthy = False
         self.batches = 0
         self.rows_committed = 0
@@ -120,6 +122,10 @@ class AuditWriter:
                     break
             if batch:
                 self._write(batch)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
 
     def _write(self, batch: list[tuple[Rows, cf.Future[None]]]) -> None:
         started = time.perf_counter()
@@ -156,10 +162,21 @@ class AuditWriter:
         for rows in answers:
             for table, values in rows.items():
                 merged.setdefault(table, []).extend(values)
-        with self._engine.begin() as conn:
-            # parents before children: tables sorted by foreign-key depth
-            for table in sorted(merged, key=_depth):
-                conn.execute(table.insert(), merged[table])
+        # one long-lived connection: no pool checkout or pre-ping round trip per batch
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        conn = self._conn
+        try:
+            with conn.begin():
+                # parents before children: tables sorted by foreign-key depth
+                for table in sorted(merged, key=_depth):
+                    conn.execute(table.insert(), merged[table])
+        except Exception:
+            self._conn = None
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+                conn.close()
+            raise
 
 
 def _depth(table: Table) -> int:

@@ -23,12 +23,14 @@ def _session(request: Request) -> Iterator[Session]:
             raise
 
 
-def _pipeline(request: Request) -> Pipeline:
+# async on purpose: FastAPI runs plain ``def`` dependencies in the threadpool (a thread hop per
+# request on the hot path)
+async def _pipeline(request: Request) -> Pipeline:
     pipeline: Pipeline = request.app.state.pipeline
     return pipeline
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from service.app import create_app
-from tests.conftest import make_settings, new_tenant, routes_for
+from service.db.engine import make_engine, make_sessionmaker
+from tests.conftest import TenantKeys, make_settings, new_tenant, routes_for
 from tests.support.db import create_postgres_database, drop_postgres_database, postgres_admin_url
 from tests.support.servers import GatewayServer, TcpRelay, UpstreamServer
 
@@ -46,14 +47,20 @@ def ask(gateway: GatewayServer, key: str) -> httpx.Response:
     )
 
 
+def tenant_on(url: str) -> TenantKeys:
+    """A tenant with keys, written while the database is still reachable."""
+    engine = make_engine(url)
+    try:
+        return new_tenant(make_sessionmaker(engine))
+    finally:
+        engine.dispose()
+
+
 def test_outage_while_serving_withholds_answers_then_recovers(
     relayed_database: tuple[str, TcpRelay], upstream: UpstreamServer, tmp_path: Path
 ) -> None:
     url, relay = relayed_database
-    from service.db.engine import make_engine, make_sessionmaker
-
-    engine = make_engine(url)
-    keys = new_tenant(make_sessionmaker(engine))
+    keys = tenant_on(url)
     settings = make_settings(url, tmp_path, store_probe_interval_s=0.2)
     gateway = GatewayServer(create_app(settings, routes_for(upstream.base_url))).start()
     try:
@@ -84,18 +91,13 @@ def test_outage_while_serving_withholds_answers_then_recovers(
         assert httpx.get(f"{gateway.url}/readyz", timeout=10).status_code == 200
     finally:
         gateway.stop()
-        engine.dispose()
 
 
 def test_store_down_at_start_refuses_without_calling_upstream(
     relayed_database: tuple[str, TcpRelay], upstream: UpstreamServer, tmp_path: Path
 ) -> None:
     url, relay = relayed_database
-    from service.db.engine import make_engine, make_sessionmaker
-
-    engine = make_engine(url)
-    keys = new_tenant(make_sessionmaker(engine))
-    engine.dispose()
+    keys = tenant_on(url)
     relay.cut()
     gateway = GatewayServer(
         create_app(make_settings(url, tmp_path), routes_for(upstream.base_url))

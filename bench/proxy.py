@@ -703,8 +703,10 @@ percentile measured directly in the same run.
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Proxy benchmark (see bench/README.md).")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
-    p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per measurement")
+    p.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    p.add_argument(
+        "--warmup", type=int, default=2, help="warm-up seconds per measurement (0: none)"
+    )
     p.add_argument("--connections", type=int, default=64, help="connections for throughput")
     p.add_argument("--skip-litellm", action="store_true", help="leave LiteLLM out")
     p.add_argument("--skip-postgres", action="store_true", help="leave PostgreSQL out")
@@ -886,7 +888,9 @@ def main() -> int:
             def start_lite() -> Target:
                 exe, install_s = ensure_litellm(args.litellm_spec)
                 if install_s:
-                    notes.append(f"LiteLLM installed in {install_s:.0f} s (not counted below)")
+                    notes.append(
+                        f"LiteLLM installed in {install_s:.0f} s (included in the run time)"
+                    )
                 return start_litellm(procs, exe, tmp, upstream, args.litellm_workers, 240)
 
             attempt("litellm", start_lite)

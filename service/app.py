@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +20,10 @@ from service.gateway.backends.openai import OpenAIBackend, new_client_session
 from service.gateway.pipeline import Pipeline
 from service.gateway.writer import AuditWriter
 from service.health import router as health_router
+from service.integrity import endpoints as integrity_endpoints
+from service.integrity import signing
+from service.integrity.log import Sealer, seal_periodically
+from service.integrity.receipts import Receipts
 from service.lineage import endpoints as lineage_endpoints
 from service.tenancy.auth import KeyResolver
 
@@ -41,16 +47,31 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> FastAPI:
             log.warning("lineage store unreachable at start: requests get 503 until it answers")
         http = new_client_session(settings.upstream_connections)
         sessions = make_sessionmaker(engine)
+        key_path, may_create = settings.signing_key_path()
+        signer = signing.Signer(
+            signing.load_or_create(key_path, create=may_create), settings.log_origin
+        )
+        sealer = Sealer(engine, signer)
+        sealing = asyncio.create_task(seal_periodically(sealer, settings.seal_interval_s))
         app.state.settings = settings
         app.state.sessions = sessions
         app.state.writer = writer
         app.state.keys = KeyResolver(sessions, settings.key_cache_ttl_s)
-        app.state.pipeline = Pipeline(routes.by_name(), OpenAIBackend(http), writer)
+        app.state.sealer = sealer
+        app.state.pipeline = Pipeline(
+            routes.by_name(),
+            OpenAIBackend(http),
+            writer,
+            Receipts(signer, settings.max_merge_delay_s),
+        )
         app.state.draining = False
         try:
             yield
         finally:
             app.state.draining = True
+            sealing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sealing
             await http.close()
             await run_in_threadpool(writer.stop)
             engine.dispose()
@@ -65,6 +86,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(gateway_endpoints.router)
     app.include_router(lineage_endpoints.router)
+    app.include_router(integrity_endpoints.router)
     return app
 
 

@@ -31,6 +31,19 @@ class Settings(BaseSettings):
     writer_max_batch: int = Field(default=512, ge=1)
     store_probe_interval_s: float = Field(default=1.0, gt=0)
     upstream_connections: int = Field(default=256, ge=1)
+    # integrity log
+    signing_key_file: Path | None = Field(
+        default=None, description="Ed25519 PEM key; default <data_dir>/signing-key.pem, made once"
+    )
+    log_origin: str = Field(default="provenant.local/audit-log", min_length=1, max_length=200)
+    seal_interval_s: float = Field(default=2.0, gt=0)
+    max_merge_delay_s: int = Field(default=60, ge=1)
+
+    def signing_key_path(self) -> tuple[Path, bool]:
+        """The key file, and whether it may be generated (only the embedded default may)."""
+        if self.signing_key_file is not None:
+            return self.signing_key_file, False
+        return self.data_dir / "signing-key.pem", True
 
 
 class Timeouts(BaseModel):

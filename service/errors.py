@@ -82,6 +82,12 @@ class NotFound(ProvenantError):
     code = "not_found"
 
 
+class NotSealedYet(NotFound):
+    """The record exists but no signed checkpoint covers it yet (retry within the merge delay)."""
+
+    code = "not_sealed_yet"
+
+
 class ModelNotFound(NotFound):
     code = "model_not_found"
 

@@ -1,7 +1,23 @@
 """Every table, imported in one place for Alembic autogenerate and for tests."""
 
 from service.db.base import Base
-from service.lineage.models import AuditRecord
+from service.integrity.models import Checkpoint, LogEntry, LogPending, SigningKey, TreeNode
+from service.lineage.models import AdminEvent, AuditRecord, PolicyDecision, Retrieval
+from service.provenance.models import ModelSnapshot
 from service.tenancy.models import ApiKey, Tenant
 
-__all__ = ["ApiKey", "AuditRecord", "Base", "Tenant"]
+__all__ = [
+    "AdminEvent",
+    "ApiKey",
+    "AuditRecord",
+    "Base",
+    "Checkpoint",
+    "LogEntry",
+    "LogPending",
+    "ModelSnapshot",
+    "PolicyDecision",
+    "Retrieval",
+    "SigningKey",
+    "Tenant",
+    "TreeNode",
+]

@@ -19,6 +19,7 @@ from service.errors import (
 from service.gateway.backends.openai import OpenAIBackend
 from service.gateway.streaming import AuditedStream, StreamAccumulator, StreamEnd
 from service.gateway.writer import AuditWriter
+from service.integrity.receipts import Receipts
 from service.lineage.models import RecordStatus
 from service.lineage.records import Exchange, parse_traceparent
 from service.tenancy.auth import Principal
@@ -26,8 +27,11 @@ from service.tenancy.auth import Principal
 AUDIT_HEADER = "X-Provenant-Audit-Id"
 
 
-def provenance(ex: Exchange, response_model: str | None) -> dict[str, Any]:
-    """The ``provenance`` object every answer carries."""
+def provenance(
+    ex: Exchange, response_model: str | None, receipt: str | None = None
+) -> dict[str, Any]:
+    """The ``provenance`` object every answer carries (``receipt``: the signed promise that
+    its record enters the log)."""
     return {
         "audit_id": str(ex.id),
         "route": ex.route_name,
@@ -38,6 +42,7 @@ def provenance(ex: Exchange, response_model: str | None) -> dict[str, Any]:
         },
         "sources": [],
         "policies": [],
+        "receipt": receipt,
     }
 
 
@@ -52,10 +57,17 @@ def _status_of(exc: ProvenantError) -> RecordStatus:
 class Pipeline:
     """Serves chat completions for the configured routes, auditing every answer."""
 
-    def __init__(self, routes: dict[str, Route], backend: OpenAIBackend, writer: AuditWriter):
+    def __init__(
+        self,
+        routes: dict[str, Route],
+        backend: OpenAIBackend,
+        writer: AuditWriter,
+        receipts: Receipts,
+    ):
         self.routes = routes
         self._backend = backend
         self._writer = writer
+        self._receipts = receipts
 
     def route(self, model: str) -> Route:
         """The route a client selects with ``model``."""
@@ -117,7 +129,7 @@ class Pipeline:
             latency_ms=self._elapsed(ex),
         )
         await self._writer.commit(ex.rows(row))  # durable before the answer leaves
-        answer["provenance"] = provenance(ex, answer.get("model"))
+        answer["provenance"] = provenance(ex, answer.get("model"), self._receipts.issue(row))
         return Response(
             orjson.dumps(answer), media_type="application/json", headers={AUDIT_HEADER: str(ex.id)}
         )
@@ -146,7 +158,7 @@ class Pipeline:
                 error_message=err.message if err else None,
             )
             await self._writer.commit(ex.rows(row))
-            return provenance(ex, acc.model)
+            return provenance(ex, acc.model, self._receipts.issue(row))
 
         headers = {
             "content-type": "text/event-stream",

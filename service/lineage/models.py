@@ -1,4 +1,5 @@
-"""The audit record: one row per answer (or refused answer) that reached a route."""
+"""The audit record (one row per answer, or refused answer, that reached a route), its lineage
+rows (retrievals, policy decisions) and the admin events that share its log."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy import Boolean, Double, ForeignKey, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db.base import Base, PortableJSON, UTCDateTime
@@ -46,11 +47,17 @@ class AuditRecord(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     stream: Mapped[bool] = mapped_column(Boolean)
     params: Mapped[dict[str, Any]] = mapped_column(PortableJSON)
+    # content: erasure and retention null these (and the salt); the salted hashes stay
     prompt: Mapped[str | None] = mapped_column(Text)
-    prompt_sha256: Mapped[str] = mapped_column(String(64))
+    prompt_sha256: Mapped[str | None] = mapped_column(String(64))
     answer: Mapped[str | None] = mapped_column(Text)
-    answer_sha256: Mapped[str] = mapped_column(String(64))
+    answer_sha256: Mapped[str | None] = mapped_column(String(64))
     choices: Mapped[list[dict[str, Any]] | None] = mapped_column(PortableJSON)
+    content_salt: Mapped[str | None] = mapped_column(String(32))
+    # SHA-256(salt || content): what the integrity leaf covers, so erased content stays verifiable
+    prompt_salted_sha256: Mapped[str | None] = mapped_column(String(64))
+    answer_salted_sha256: Mapped[str | None] = mapped_column(String(64))
+    choices_salted_sha256: Mapped[str | None] = mapped_column(String(64))
     finish_reason: Mapped[str | None] = mapped_column(String(64))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -59,5 +66,52 @@ class AuditRecord(Base):
     upstream_latency_ms: Mapped[float | None] = mapped_column()
     trace_id: Mapped[str | None] = mapped_column(String(32))
     span_id: Mapped[str | None] = mapped_column(String(16))
+    model_snapshot_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("model_snapshots.id"))
+    policy_bundle_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # SHA-256(0x00 || canonical leaf document): the record's entry in the integrity log
+    leaf_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class Retrieval(Base):
+    """One source an answer was given (record x rank), and whether the answer cited it."""
+
+    __tablename__ = "retrievals"
+
+    record_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_records.id"), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chunk_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    source_ref: Mapped[str | None] = mapped_column(String(500))
+    score: Mapped[float | None] = mapped_column(Double)
+    cited: Mapped[bool] = mapped_column(Boolean, default=False)
+    verified: Mapped[bool | None] = mapped_column(Boolean)
+
+
+class PolicyDecision(Base):
+    """What one policy decided about one answer, with the hash of the policy that decided it."""
+
+    __tablename__ = "policy_decisions"
+
+    record_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_records.id"), primary_key=True)
+    policy_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(8), primary_key=True)
+    policy_sha256: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON)
+
+
+class AdminEvent(Base):
+    """Something done to the gateway rather than through it (keys, erasure, reads of the log...)."""
+
+    __tablename__ = "admin_events"
+    __table_args__ = (Index("ix_admin_events_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)  # UUIDv7
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tenants.id"))
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(500))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    leaf_sha256: Mapped[str] = mapped_column(String(64))

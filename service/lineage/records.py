@@ -12,6 +12,8 @@ import orjson
 import uuid_utils
 
 from service.db.base import utcnow
+from service.integrity import leaf
+from service.integrity.models import LogPending
 from service.lineage.models import AuditRecord, RecordStatus
 from service.tenancy.auth import Principal
 
@@ -108,18 +110,32 @@ class Exchange:
             ),
             "trace_id": self.trace_id,
             "span_id": self.span_id,
+            "model_snapshot_id": None,
+            "policy_bundle_sha256": None,
             "created_at": self.created_at,
             "completed_at": utcnow(),
         }
+        leaf.seal_content(row)
+        row["leaf_sha256"] = leaf.leaf_sha256(leaf.record_document(row))
         return row
 
     def rows(self, record: dict[str, Any]) -> dict[Any, list[dict[str, Any]]]:
-        """Everything this answer writes, by table, for one transaction."""
-        return {AuditRecord.__table__: [record]}
+        """Everything this answer writes, by table, for one transaction: the record and its
+        pending log entry (the sealer gives it a log index)."""
+        pending = {
+            "entry_id": record["id"],
+            "kind": leaf.RECORD,
+            "leaf_sha256": record["leaf_sha256"],
+            "created_at": record["completed_at"],
+        }
+        return {AuditRecord.__table__: [record], LogPending.__table__: [pending]}
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An upstream's count, if it is one JSON can carry exactly (I-JSON: |n| < 2**53)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53:
+        return value
+    return None
 
 
 def _uuid7_bytes() -> bytes:

@@ -21,6 +21,11 @@ ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     ("GET", "/v1/models"): ANY_ROLE,
     ("GET", "/v1/audit/records"): READERS,
     ("GET", "/v1/audit/records/{record_id}"): ANY_ROLE,
+    ("GET", "/.well-known/jwks.json"): PUBLIC,
+    ("GET", "/v1/audit/checkpoints/latest"): ANY_ROLE,
+    ("GET", "/v1/audit/checkpoints/{size}"): ANY_ROLE,
+    ("GET", "/v1/audit/records/{record_id}/proof"): ANY_ROLE,
+    ("GET", "/v1/audit/consistency"): ANY_ROLE,
 }
 
 

@@ -103,3 +103,32 @@ def test_generated_proofs_verify_for_every_size_up_to_40() -> None:
             assert merkle.verify_consistency(
                 m, n, merkle.consistency_proof(m, leaves[:n]), roots[m], roots[n]
             )
+
+
+def test_compact_range_gives_every_root_and_stores_every_perfect_subtree() -> None:
+    rng = merkle.CompactRange()
+    nodes: dict[tuple[int, int], bytes] = {(0, i): leaf for i, leaf in enumerate(LEAVES)}
+    for size, leaf in enumerate(LEAVES, start=1):
+        for level, index, h in rng.append(leaf):
+            nodes[(level, index)] = h
+        assert rng.root() == ROOTS[size]
+    # resuming from a stored border continues the same tree
+    for size in range(len(LEAVES) + 1):
+        border = [nodes[n] for n in merkle.CompactRange.border_of(size)]
+        resumed = merkle.CompactRange(size, border)
+        for leaf in LEAVES[size:]:
+            resumed.append(leaf)
+        assert resumed.root() == ROOTS[-1]
+    # proofs over stored nodes equal proofs over the leaf list
+    def mth(lo: int, hi: int) -> bytes:
+        return merkle.fold(lo, hi, lambda level, index: nodes[(level, index)])
+
+    for size in range(1, len(LEAVES) + 1):
+        for index in range(size):
+            assert merkle.inclusion_path(index, size, mth) == merkle.inclusion_proof(
+                index, LEAVES[:size]
+            )
+        for old in range(size + 1):
+            assert merkle.consistency_path(old, size, mth) == merkle.consistency_proof(
+                old, LEAVES[:size]
+            )

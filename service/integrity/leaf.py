@@ -1,0 +1,153 @@
+"""Leaf documents: what the integrity log commits to for each audit record and admin event.
+
+A leaf is SHA-256(0x00 || RFC 8785 canonical JSON of the leaf document). The document holds every
+field of the row, except that content (prompt, answer, choices) enters only as SHA-256(salt ||
+content): the salt is stored beside the content and erased with it, so an erased record still
+verifies and nothing left behind links back to what was erased. JSON-valued fields enter as the
+SHA-256 of their canonical JSON; floats as their ``repr`` (exact for a double); the record's
+lineage rows (retrievals, policy decisions, the model snapshot's hash) are part of its leaf, so
+altering any of them is detected. The same functions build leaves at write time and in
+``provenant verify``; an independent verifier needs only this description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from service.integrity.canonical import canonical_trusted, digest
+
+LEAF_VERSION = 1
+RECORD = "record"
+EVENT = "event"
+
+# the columns of audit_records that enter the leaf as they are (strings, ints, bools, nulls)
+RECORD_FIELDS = (
+    "schema_version",
+    "end_user",
+    "route",
+    "route_kind",
+    "requested_model",
+    "upstream_model",
+    "response_model",
+    "status",
+    "http_status",
+    "error_code",
+    "error_message",
+    "stream",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "trace_id",
+    "span_id",
+    "policy_bundle_sha256",
+    "prompt_salted_sha256",
+    "answer_salted_sha256",
+    "choices_salted_sha256",
+)
+CONTENT_FIELDS = ("prompt", "answer", "choices")
+
+
+def new_salt() -> str:
+    """A fresh 128-bit content salt, hex."""
+    return os.urandom(16).hex()
+
+
+def salted_sha256(salt: str, content: str | None) -> str | None:
+    """SHA-256(salt bytes || UTF-8 content), hex; None for absent content."""
+    if content is None:
+        return None
+    return hashlib.sha256(bytes.fromhex(salt) + content.encode("utf-8")).hexdigest()
+
+
+def choices_text(choices: Any) -> str | None:
+    """The canonical text of the ``choices`` JSON (what its salted hash is taken over)."""
+    return None if choices is None else orjson.dumps(choices, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def timestamp(value: datetime) -> str:
+    """A UTC timestamp as the leaf writes it (microseconds, ``Z``)."""
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _float(value: float | None) -> str | None:
+    return None if value is None else repr(float(value))
+
+
+def record_document(
+    row: Mapping[str, Any],
+    *,
+    retrievals: Iterable[Mapping[str, Any]] = (),
+    decisions: Iterable[Mapping[str, Any]] = (),
+    snapshot_sha256: str | None = None,
+) -> dict[str, Any]:
+    """The leaf document of an audit record row and its lineage rows."""
+    doc: dict[str, Any] = {name: row[name] for name in RECORD_FIELDS}
+    doc["v"] = LEAF_VERSION
+    doc["kind"] = RECORD
+    doc["id"] = str(row["id"])
+    doc["tenant_id"] = str(row["tenant_id"])
+    doc["api_key_id"] = str(row["api_key_id"])
+    doc["params_sha256"] = digest(row["params"])
+    doc["latency_ms"] = _float(row["latency_ms"])
+    doc["upstream_latency_ms"] = _float(row["upstream_latency_ms"])
+    doc["created_at"] = timestamp(row["created_at"])
+    doc["completed_at"] = timestamp(row["completed_at"])
+    doc["model_snapshot_sha256"] = snapshot_sha256
+    doc["retrievals"] = [
+        [
+            r["rank"],
+            None if r["chunk_id"] is None else str(r["chunk_id"]),
+            r["source_ref"],
+            _float(r["score"]),
+            bool(r["cited"]),
+            r["verified"],
+        ]
+        for r in sorted(retrievals, key=lambda r: int(r["rank"]))
+    ]
+    doc["policies"] = [
+        [
+            d["policy_id"],
+            d["stage"],
+            d["policy_sha256"],
+            d["outcome"],
+            None if d["detail"] is None else digest(d["detail"]),
+        ]
+        for d in sorted(decisions, key=lambda d: (str(d["stage"]), str(d["policy_id"])))
+    ]
+    return doc
+
+
+def event_document(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The leaf document of an admin event row."""
+    return {
+        "v": LEAF_VERSION,
+        "kind": EVENT,
+        "id": str(row["id"]),
+        "tenant_id": None if row["tenant_id"] is None else str(row["tenant_id"]),
+        "actor": row["actor"],
+        "action": row["action"],
+        "target": row["target"],
+        "detail_sha256": None if row["detail"] is None else digest(row["detail"]),
+        "created_at": timestamp(row["created_at"]),
+    }
+
+
+def leaf_sha256(doc: dict[str, Any]) -> str:
+    """Hex SHA-256(0x00 || canonical JSON of the document): the RFC 6962 leaf hash."""
+    return hashlib.sha256(b"\x00" + canonical_trusted(doc)).hexdigest()
+
+
+def seal_content(row: dict[str, Any]) -> None:
+    """Give a new record row its salt and salted content hashes (in place)."""
+    salt = new_salt()
+    row["content_salt"] = salt
+    row["prompt_salted_sha256"] = salted_sha256(salt, row.get("prompt"))
+    row["answer_salted_sha256"] = salted_sha256(salt, row.get("answer"))
+    row["choices_salted_sha256"] = salted_sha256(salt, choices_text(row.get("choices")))

@@ -1,0 +1,207 @@
+"""The log in SQL: reading its tree, and the sealer that extends it and signs checkpoints.
+
+Writers never touch the log: an answer's transaction adds its row to ``log_pending``. The sealer
+(one at a time: a PostgreSQL advisory lock, or a file lock beside the SQLite database) takes
+pending entries in id order (UUIDv7, so time order), gives them the next log indexes, stores the
+perfect-subtree hashes they complete (so proofs need O(log n) reads) and signs one checkpoint
+per batch, all in one transaction. Within one checkpoint's range, entries are therefore in
+ascending id order: ``provenant verify`` uses that to name reordered entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text
+from sqlalchemy.engine import make_url
+
+from service.db.base import utcnow
+from service.integrity import merkle
+from service.integrity.models import Checkpoint, LogEntry, LogPending, SigningKey, TreeNode
+from service.integrity.signing import Signer, b64url, checkpoint_body
+
+log = logging.getLogger("provenant.sealer")
+
+_ADVISORY_KEY = 0x70766E7453454C  # "pvntSEL": the sealer's PostgreSQL advisory lock
+
+
+def tree_size(conn: Connection) -> int:
+    """How many entries the log holds."""
+    size = conn.execute(select(func.max(LogEntry.idx))).scalar()
+    return 0 if size is None else int(size) + 1
+
+
+class StoredTree:
+    """MTH and proofs over the stored tree (leaf hashes and perfect-subtree nodes)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._cache: dict[tuple[int, int], bytes] = {}
+
+    def node(self, level: int, index: int) -> bytes:
+        key = (level, index)
+        if key not in self._cache:
+            if level == 0:
+                value = self._conn.execute(
+                    select(LogEntry.leaf_sha256).where(LogEntry.idx == index)
+                ).scalar()
+                found = None if value is None else bytes.fromhex(value)
+            else:
+                found = self._conn.execute(
+                    select(TreeNode.hash).where(TreeNode.level == level, TreeNode.idx == index)
+                ).scalar()
+            if found is None:
+                raise LookupError(f"the log has no node ({level}, {index})")
+            self._cache[key] = found
+        return self._cache[key]
+
+    def mth(self, lo: int, hi: int) -> bytes:
+        return merkle.fold(lo, hi, self.node)
+
+    def border(self, size: int) -> merkle.CompactRange:
+        nodes = [self.node(lvl, i) for lvl, i in merkle.CompactRange.border_of(size)]
+        return merkle.CompactRange(size, nodes)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """What one sealing batch did."""
+
+    entries: int
+    tree_size: int
+    root: bytes
+
+
+class Sealer:
+    """Extends the log with pending entries and signs a checkpoint per batch."""
+
+    def __init__(self, engine: Engine, signer: Signer, *, batch: int = 50_000) -> None:
+        self._engine = engine
+        self._signer = signer
+        self._batch = batch
+        url = make_url(str(engine.url))
+        self._sqlite = url.get_backend_name() == "sqlite"
+        self._lock_path: Path | None = None
+        if self._sqlite and url.database and url.database != ":memory:":
+            self._lock_path = Path(url.database + ".sealer.lock")
+
+    def register_key(self) -> None:
+        """Record the signing key's public half (once) so verifiers find it after rotation."""
+        with self._engine.begin() as conn:
+            known = conn.execute(
+                select(SigningKey.kid).where(SigningKey.kid == self._signer.kid)
+            ).scalar()
+            if known is None:
+                conn.execute(
+                    insert(SigningKey).values(
+                        kid=self._signer.kid,
+                        public_key=b64url(self._signer.public),
+                        created_at=utcnow(),
+                    )
+                )
+
+    def seal(self) -> list[Sealed]:
+        """Seal everything pending now, batch by batch; [] if nothing was pending or another
+        sealer holds the lock."""
+        done: list[Sealed] = []
+        with self._locked() as acquired:
+            if not acquired:
+                return done
+            while True:
+                sealed = self._seal_batch()
+                if sealed is None:
+                    return done
+                done.append(sealed)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[bool]:
+        if self._lock_path is None:
+            yield True
+            return
+        lock = FileLock(str(self._lock_path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def _seal_batch(self) -> Sealed | None:
+        started = time.perf_counter()
+        with self._engine.connect() as conn:
+            if self._sqlite:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock before reading
+            elif not conn.execute(
+                text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY}
+            ).scalar():
+                conn.rollback()
+                return None
+            pending = conn.execute(
+                select(LogPending.entry_id, LogPending.kind, LogPending.leaf_sha256)
+                .order_by(LogPending.entry_id)
+                .limit(self._batch)
+            ).all()
+            if not pending:
+                conn.rollback()
+                return None
+            size = tree_size(conn)
+            rng = StoredTree(conn).border(size)
+            entries, nodes = [], []
+            for i, (entry_id, kind, leaf_hex) in enumerate(pending):
+                entries.append(
+                    {"idx": size + i, "kind": kind, "entry_id": entry_id, "leaf_sha256": leaf_hex}
+                )
+                for level, index, h in rng.append(bytes.fromhex(leaf_hex)):
+                    nodes.append({"level": level, "idx": index, "hash": h})
+            root = rng.root()
+            conn.execute(insert(LogEntry), entries)
+            if nodes:
+                conn.execute(insert(TreeNode), nodes)
+            note = self._signer.sign_note(checkpoint_body(self._signer.origin, rng.size, root))
+            conn.execute(
+                insert(Checkpoint).values(
+                    tree_size=rng.size,
+                    root_sha256=root.hex(),
+                    key_id=self._signer.kid,
+                    note=note,
+                    created_at=utcnow(),
+                )
+            )
+            ids = [e["entry_id"] for e in entries]
+            for start in range(0, len(ids), 500):
+                conn.execute(
+                    delete(LogPending).where(LogPending.entry_id.in_(ids[start : start + 500]))
+                )
+            conn.commit()
+        log.info(
+            "sealed %d entries: tree size %d (%.0f ms)",
+            len(entries),
+            rng.size,
+            (time.perf_counter() - started) * 1000,
+        )
+        return Sealed(len(entries), rng.size, root)
+
+
+async def seal_periodically(sealer: Sealer, interval_s: float) -> None:
+    """The gateway's sealing loop: register the key, then seal every ``interval_s`` seconds.
+    A failed run (store down, lock contention) is logged and retried on the next tick."""
+    registered = False
+    while True:
+        try:
+            if not registered:
+                await asyncio.to_thread(sealer.register_key)
+                registered = True
+            await asyncio.to_thread(sealer.seal)
+        except Exception as exc:  # the loop must outlive any one failure
+            log.warning("sealing failed: %s: %s", type(exc).__name__, exc)
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,353 @@
+"""``provenant verify``: recompute every leaf from the stored rows, rebuild the tree, check every
+checkpoint's signature and root, and name each entry that was altered, deleted, inserted or
+reordered.
+
+The tree is rebuilt from the log's stored leaf hashes and must reproduce every signed checkpoint
+root (so the log only grew and no entry was swapped, dropped or slipped in); each stored leaf must
+equal the leaf recomputed from its record or event and that record's lineage rows (so no row was
+edited); every record must have a log entry (or still be pending within the maximum merge delay);
+and inside one checkpoint's range entries must be in ascending id order, the order the sealer
+writes them in (so a swap names its entries). The same code runs on a live database and on an
+evidence pack, which is a SQLite database with the same tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, select
+
+from service.db.base import utcnow
+from service.integrity import leaf, merkle
+from service.integrity.canonical import digest
+from service.integrity.models import Checkpoint, LogEntry, LogPending, SigningKey
+from service.integrity.signing import b64url_decode, parse_checkpoint, verify_note
+from service.lineage.models import AdminEvent, AuditRecord, PolicyDecision, Retrieval
+from service.provenance.models import ModelSnapshot
+
+_CHUNK = 20_000
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: what is wrong, with which entry, where in the log."""
+
+    kind: str  # altered | deleted | inserted | reordered | unsealed | checkpoint | signature
+    detail: str
+    entry_id: str | None = None
+    index: int | None = None
+
+
+@dataclass
+class Report:
+    """The outcome of one verification."""
+
+    tree_size: int = 0
+    entries: int = 0
+    checkpoints: int = 0
+    latest_checkpoint: int = 0
+    unsigned_tail: int = 0
+    pending: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(
+    engine: Engine,
+    *,
+    origin: str,
+    publics: dict[str, bytes] | None = None,
+    max_merge_delay_s: float = 60.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Verify the log in ``engine``'s database. ``publics`` (kid → raw Ed25519 key) are the
+    keys to trust; by default the ``signing_keys`` table's (pass them explicitly to verify
+    without trusting the database, e.g. from a JWKS fetched earlier)."""
+    report = Report()
+    with engine.connect() as conn:
+        if publics is None:
+            publics = {
+                kid: b64url_decode(pk)
+                for kid, pk in conn.execute(select(SigningKey.kid, SigningKey.public_key))
+            }
+        signed = _checkpoints(conn, origin, list(publics.values()), report)
+        report.tree_size = _scan(conn, signed, report, progress)
+        _unlogged(conn, report, max_merge_delay_s)
+    report.latest_checkpoint = max(signed, default=0)
+    report.unsigned_tail = report.tree_size - report.latest_checkpoint
+    report.problems.sort(key=lambda p: (p.index is None, p.index or 0, p.kind))
+    return report
+
+
+def _checkpoints(
+    conn: Connection, origin: str, publics: list[bytes], report: Report
+) -> dict[int, bytes]:
+    """Signed roots by tree size, from the checkpoints whose signatures verify."""
+    signed: dict[int, bytes] = {}
+    for cp in conn.execute(select(Checkpoint).order_by(Checkpoint.tree_size)).scalars():
+        report.checkpoints += 1
+        body = verify_note(cp.note, origin, publics)
+        if body is None:
+            report.problems.append(
+                Problem(
+                    "signature", f"checkpoint {cp.tree_size}: no valid signature by a trusted key"
+                )
+            )
+            continue
+        try:
+            cp_origin, size, root = parse_checkpoint(body)
+        except ValueError as exc:
+            report.problems.append(Problem("checkpoint", f"checkpoint {cp.tree_size}: {exc}"))
+            continue
+        if cp_origin != origin or size != cp.tree_size or root.hex() != cp.root_sha256:
+            report.problems.append(
+                Problem("checkpoint", f"checkpoint {cp.tree_size}: its row disagrees with its note")
+            )
+        signed[size] = root
+    return signed
+
+
+def _grouped(rows: Iterator[Any]) -> Iterator[tuple[int, list[Any]]]:
+    """(log index, rows) from rows ordered by log index (column 0)."""
+    current: int | None = None
+    group: list[Any] = []
+    for row in rows:
+        if row[0] != current:
+            if current is not None:
+                yield current, group
+            current, group = row[0], []
+        group.append(row._mapping)
+    if current is not None:
+        yield current, group
+
+
+class _Lineage:
+    """Lineage rows of the records in one index range, by log index."""
+
+    def __init__(self, conn: Connection, lo: int, hi: int) -> None:
+        in_range = and_(LogEntry.idx >= lo, LogEntry.idx < hi)
+        self.retrievals = dict(
+            _grouped(
+                iter(
+                    conn.execute(
+                        select(LogEntry.idx, Retrieval)
+                        .join(Retrieval, Retrieval.record_id == LogEntry.entry_id)
+                        .where(in_range)
+                        .order_by(LogEntry.idx)
+                    )
+                )
+            )
+        )
+        self.decisions = dict(
+            _grouped(
+                iter(
+                    conn.execute(
+                        select(LogEntry.idx, PolicyDecision)
+                        .join(PolicyDecision, PolicyDecision.record_id == LogEntry.entry_id)
+                        .where(in_range)
+                        .order_by(LogEntry.idx)
+                    )
+                )
+            )
+        )
+
+
+def _snapshots(conn: Connection, report: Report) -> dict[Any, str]:
+    """Each model snapshot's recomputed hash; a snapshot edited since is reported."""
+    out: dict[Any, str] = {}
+    for snap in conn.execute(select(ModelSnapshot)).scalars():
+        actual = digest(snap.content)
+        if actual != snap.snapshot_sha256:
+            report.problems.append(
+                Problem(
+                    "altered",
+                    f"model snapshot {snap.id} ({snap.name} v{snap.version}) no longer matches "
+                    "its hash; the records it served are named below",
+                    str(snap.id),
+                )
+            )
+        out[snap.id] = actual
+    return out
+
+
+def _record_problem(row: Any) -> str | None:
+    """Why a record's content disagrees with its salted hashes, if it does."""
+    salt = row["content_salt"]
+    content = (row["prompt"], row["answer"], leaf.choices_text(row["choices"]))
+    stored = (
+        row["prompt_salted_sha256"],
+        row["answer_salted_sha256"],
+        row["choices_salted_sha256"],
+    )
+    names = ("prompt", "answer", "choices")
+    if salt is None:
+        for name, value in zip(names, content, strict=True):
+            if value is not None:
+                return f"{name} present without a salt"
+        return None
+    for name, value, expected in zip(names, content, stored, strict=True):
+        if value is not None and leaf.salted_sha256(salt, value) != expected:
+            return f"{name} does not match its salted hash"
+    for name, value, plain in (
+        ("prompt", row["prompt"], row["prompt_sha256"]),
+        ("answer", row["answer"], row["answer_sha256"]),
+    ):
+        if value is not None and hashlib.sha256(value.encode()).hexdigest() != plain:
+            return f"{name} does not match {name}_sha256"
+    return None
+
+
+def _scan(
+    conn: Connection,
+    signed: dict[int, bytes],
+    report: Report,
+    progress: Callable[[int, int], None] | None,
+) -> int:
+    """Walk the log in index order; returns its size."""
+    snapshots = _snapshots(conn, report)
+    total = conn.execute(select(LogEntry.idx).order_by(LogEntry.idx.desc()).limit(1)).scalar()
+    total = 0 if total is None else total + 1
+    rng = merkle.CompactRange()
+    bounds = sorted(signed)
+    next_bound = 0
+    range_start = 0
+    last_id: Any = None
+    rec_cols = [c for c in AuditRecord.__table__.c]
+    ev_cols = [c.label(f"ev_{c.name}") for c in AdminEvent.__table__.c]
+    expected = 0
+    for lo in range(0, max(total, 1), _CHUNK):
+        hi = lo + _CHUNK
+        lineage = _Lineage(conn, lo, hi)
+        rows = conn.execute(
+            select(
+                LogEntry.idx,
+                LogEntry.kind,
+                LogEntry.entry_id,
+                LogEntry.leaf_sha256,
+                *rec_cols,
+                *ev_cols,
+            )
+            .outerjoin(AuditRecord, AuditRecord.id == LogEntry.entry_id)
+            .outerjoin(AdminEvent, AdminEvent.id == LogEntry.entry_id)
+            .where(LogEntry.idx >= lo, LogEntry.idx < hi)
+            .order_by(LogEntry.idx)
+        )
+        for row in rows:
+            m = row._mapping
+            idx, kind, entry_id, stored = row[0], row[1], row[2], row[3]
+            if idx != expected:
+                report.problems.append(
+                    Problem(
+                        "deleted", f"log indexes {expected}..{idx - 1} are missing", index=expected
+                    )
+                )
+                expected = idx
+            expected += 1
+            report.entries += 1
+            if kind == leaf.RECORD:
+                problem = _check_record(m, lineage, snapshots, idx, stored)
+            else:
+                problem = _check_event(m, stored)
+            if problem is not None:
+                report.problems.append(Problem(problem[0], problem[1], str(entry_id), idx))
+            if last_id is not None and idx > range_start and entry_id.bytes <= last_id.bytes:
+                report.problems.append(
+                    Problem(
+                        "reordered",
+                        f"entry {entry_id} at index {idx} is out of the sealer's order "
+                        f"(after {last_id})",
+                        str(entry_id),
+                        idx,
+                    )
+                )
+            last_id = entry_id
+            rng.append(bytes.fromhex(stored))
+            if next_bound < len(bounds) and rng.size == bounds[next_bound]:
+                if rng.root() != signed[rng.size]:
+                    report.problems.append(
+                        Problem(
+                            "checkpoint",
+                            f"the log's entries {range_start}..{rng.size - 1} do not reproduce "
+                            f"the signed root of checkpoint {rng.size}",
+                            index=range_start,
+                        )
+                    )
+                range_start = rng.size
+                last_id = None
+                next_bound += 1
+        if progress is not None:
+            progress(min(hi, total), total)
+    for size in bounds[next_bound:]:
+        report.problems.append(
+            Problem(
+                "deleted", f"checkpoint {size} signs more entries than the log holds ({rng.size})"
+            )
+        )
+    return rng.size
+
+
+def _check_record(
+    m: Any, lineage: _Lineage, snapshots: dict[Any, str], idx: int, stored: str
+) -> tuple[str, str] | None:
+    if m["id"] is None:
+        return "deleted", "the log's record is missing from audit_records"
+    content = _record_problem(m)
+    if content is not None:
+        return "altered", content
+    snapshot = m["model_snapshot_id"]
+    doc = leaf.record_document(
+        m,
+        retrievals=lineage.retrievals.get(idx, ()),
+        decisions=lineage.decisions.get(idx, ()),
+        snapshot_sha256=None if snapshot is None else snapshots.get(snapshot, "missing"),
+    )
+    if leaf.leaf_sha256(doc) != stored:
+        return "altered", "the record or its lineage rows no longer match its log entry"
+    return None
+
+
+def _check_event(m: Any, stored: str) -> tuple[str, str] | None:
+    if m["ev_id"] is None:
+        return "deleted", "the log's admin event is missing from admin_events"
+    row = {c.name: m[f"ev_{c.name}"] for c in AdminEvent.__table__.c}
+    if leaf.leaf_sha256(leaf.event_document(row)) != stored:
+        return "altered", "the admin event no longer matches its log entry"
+    return None
+
+
+def _unlogged(conn: Connection, report: Report, max_merge_delay_s: float) -> None:
+    """Records and events with no log entry: pending within the delay, else inserted."""
+    pending = {
+        entry_id: created
+        for entry_id, created in conn.execute(select(LogPending.entry_id, LogPending.created_at))
+    }
+    report.pending = len(pending)
+    late = utcnow() - timedelta(seconds=max_merge_delay_s)
+    for table, what in ((AuditRecord, "record"), (AdminEvent, "admin event")):
+        orphans = conn.execute(
+            select(table.id)
+            .outerjoin(LogEntry, LogEntry.entry_id == table.id)
+            .where(LogEntry.idx.is_(None))
+        ).scalars()
+        for entry_id in orphans:
+            if entry_id not in pending:
+                report.problems.append(
+                    Problem(
+                        "inserted",
+                        f"{what} is in no log entry and was never pending",
+                        str(entry_id),
+                    )
+                )
+            elif pending[entry_id] < late:
+                report.problems.append(
+                    Problem(
+                        "unsealed", f"{what} pending beyond the maximum merge delay", str(entry_id)
+                    )
+                )

@@ -1,0 +1,1 @@
+"""What answers come from: model snapshots (and, with the RAG issue, documents and chunks)."""

@@ -168,6 +168,18 @@ def keys_bootstrap() -> None:
         print(f"  {k.role.value:8s} {k.key}")
 
 
+def _integrity_commands() -> None:
+    from service.integrity import cli as integrity
+
+    app.command()(integrity.seal)
+    app.command()(integrity.verify)
+    app.command("verify-receipt")(integrity.verify_receipt)
+    app.command()(integrity.pack)
+
+
+_integrity_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

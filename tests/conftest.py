@@ -90,7 +90,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: object) -> Set
 def gateway(
     database_url: str, upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayServer]:
-    settings = make_settings(database_url, tmp_path_factory.mktemp("data"))
+    settings = make_settings(database_url, tmp_path_factory.mktemp("data"), seal_interval_s=0.2)
     server = GatewayServer(create_app(settings, routes_for(upstream.base_url))).start()
     yield server
     server.stop()
@@ -118,4 +118,9 @@ def new_tenant(sessions: sessionmaker[Session]) -> TenantKeys:
 
 @pytest.fixture
 def tenant(sessions: sessionmaker[Session]) -> TenantKeys:
+    return new_tenant(sessions)
+
+
+@pytest.fixture
+def other_tenant(sessions: sessionmaker[Session]) -> TenantKeys:
     return new_tenant(sessions)

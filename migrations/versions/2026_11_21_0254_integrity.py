@@ -54,7 +54,7 @@ BEGIN
   IF %(only_nulls)s THEN
     RETURN NEW;
   END IF;
-  RAISE EXCEPTION 'provenant: erasure may only set content columns to NULL'
+  RAISE EXCEPTION 'provenant: audit records are append-only; erasure may only set content to NULL'
     USING ERRCODE = 'insufficient_privilege';
 END $$;
 """ % {

@@ -91,24 +91,23 @@ def _checkpoints(
 ) -> dict[int, bytes]:
     """Signed roots by tree size, from the checkpoints whose signatures verify."""
     signed: dict[int, bytes] = {}
-    for cp in conn.execute(select(Checkpoint).order_by(Checkpoint.tree_size)).scalars():
+    for cp in conn.execute(select(Checkpoint).order_by(Checkpoint.tree_size)).mappings():
         report.checkpoints += 1
-        body = verify_note(cp.note, origin, publics)
+        size_row, root_row = cp["tree_size"], cp["root_sha256"]
+        body = verify_note(cp["note"], origin, publics)
         if body is None:
             report.problems.append(
-                Problem(
-                    "signature", f"checkpoint {cp.tree_size}: no valid signature by a trusted key"
-                )
+                Problem("signature", f"checkpoint {size_row}: no valid signature by a trusted key")
             )
             continue
         try:
             cp_origin, size, root = parse_checkpoint(body)
         except ValueError as exc:
-            report.problems.append(Problem("checkpoint", f"checkpoint {cp.tree_size}: {exc}"))
+            report.problems.append(Problem("checkpoint", f"checkpoint {size_row}: {exc}"))
             continue
-        if cp_origin != origin or size != cp.tree_size or root.hex() != cp.root_sha256:
+        if cp_origin != origin or size != size_row or root.hex() != root_row:
             report.problems.append(
-                Problem("checkpoint", f"checkpoint {cp.tree_size}: its row disagrees with its note")
+                Problem("checkpoint", f"checkpoint {size_row}: its row disagrees with its note")
             )
         signed[size] = root
     return signed
@@ -162,18 +161,18 @@ class _Lineage:
 def _snapshots(conn: Connection, report: Report) -> dict[Any, str]:
     """Each model snapshot's recomputed hash; a snapshot edited since is reported."""
     out: dict[Any, str] = {}
-    for snap in conn.execute(select(ModelSnapshot)).scalars():
-        actual = digest(snap.content)
-        if actual != snap.snapshot_sha256:
+    for snap in conn.execute(select(ModelSnapshot)).mappings():
+        actual = digest(snap["content"])
+        if actual != snap["snapshot_sha256"]:
             report.problems.append(
                 Problem(
                     "altered",
-                    f"model snapshot {snap.id} ({snap.name} v{snap.version}) no longer matches "
-                    "its hash; the records it served are named below",
-                    str(snap.id),
+                    f"model snapshot {snap['id']} ({snap['name']} v{snap['version']}) no longer "
+                    "matches its hash; the records it served are named too",
+                    str(snap["id"]),
                 )
             )
-        out[snap.id] = actual
+        out[snap["id"]] = actual
     return out
 
 

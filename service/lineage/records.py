@@ -14,7 +14,7 @@ import uuid_utils
 from service.db.base import utcnow
 from service.integrity import leaf
 from service.integrity.models import LogPending
-from service.lineage.models import AuditRecord, RecordStatus
+from service.lineage.models import AuditRecord, PolicyDecision, RecordStatus, Retrieval
 from service.tenancy.auth import Principal
 
 # request fields that are the prompt or the routing key, not parameters
@@ -55,6 +55,12 @@ class Exchange:
     created_at: datetime = field(default_factory=utcnow)
     started: float = 0.0
     upstream_latency_ms: float | None = None
+    # lineage filled by the RAG, registry and policy stages (empty for a plain proxy route)
+    retrievals: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    model_snapshot_id: uuid.UUID | None = None
+    model_snapshot_sha256: str | None = None
+    policy_bundle_sha256: str | None = None
 
     @property
     def stream(self) -> bool:
@@ -110,14 +116,24 @@ class Exchange:
             ),
             "trace_id": self.trace_id,
             "span_id": self.span_id,
-            "model_snapshot_id": None,
-            "policy_bundle_sha256": None,
+            "model_snapshot_id": self.model_snapshot_id,
+            "policy_bundle_sha256": self.policy_bundle_sha256,
             "created_at": self.created_at,
             "completed_at": utcnow(),
         }
         leaf.seal_content(row)
-        row["leaf_sha256"] = leaf.leaf_sha256(leaf.record_document(row))
+        row["leaf_sha256"] = leaf.leaf_sha256(
+            leaf.record_document(
+                row,
+                retrievals=self._lineage(self.retrievals),
+                decisions=self._lineage(self.decisions),
+                snapshot_sha256=self.model_snapshot_sha256,
+            )
+        )
         return row
+
+    def _lineage(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, "record_id": self.id} for r in rows]
 
     def rows(self, record: dict[str, Any]) -> dict[Any, list[dict[str, Any]]]:
         """Everything this answer writes, by table, for one transaction: the record and its
@@ -128,7 +144,15 @@ class Exchange:
             "leaf_sha256": record["leaf_sha256"],
             "created_at": record["completed_at"],
         }
-        return {AuditRecord.__table__: [record], LogPending.__table__: [pending]}
+        rows: dict[Any, list[dict[str, Any]]] = {
+            AuditRecord.__table__: [record],
+            LogPending.__table__: [pending],
+        }
+        if self.retrievals:
+            rows[Retrieval.__table__] = self._lineage(self.retrievals)
+        if self.decisions:
+            rows[PolicyDecision.__table__] = self._lineage(self.decisions)
+        return rows
 
 
 def _int(value: Any) -> int | None:

@@ -28,8 +28,8 @@ class AuditRecordSummary(BaseModel):
     error_code: str | None
     stream: bool
     finish_reason: str | None
-    prompt_sha256: str
-    answer_sha256: str
+    prompt_sha256: str | None
+    answer_sha256: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
@@ -39,6 +39,7 @@ class AuditRecordSummary(BaseModel):
     span_id: str | None
     created_at: datetime
     completed_at: datetime
+    leaf_sha256: str | None
 
 
 class AuditRecordOut(AuditRecordSummary):

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
 from service.errors import InvalidRequest, NotFound
+from service.lineage.events import record_event
 from service.tenancy import repository
 from service.tenancy.keys import key_hash, new_key
 from service.tenancy.models import ApiKey, Role, Tenant
@@ -37,8 +38,10 @@ def ensure_tenant(session: Session, name: str) -> Tenant:
     return tenant
 
 
-def create_key(session: Session, *, tenant: str, role: str, label: str | None = None) -> IssuedKey:
-    """Create a key for a tenant (created on demand) with a role."""
+def create_key(
+    session: Session, *, tenant: str, role: str, label: str | None = None, actor: str = "cli"
+) -> IssuedKey:
+    """Create a key for a tenant (created on demand) with a role; an admin event records it."""
     try:
         parsed = Role(role)
     except ValueError as exc:
@@ -55,17 +58,28 @@ def create_key(session: Session, *, tenant: str, role: str, label: str | None = 
         )
     )
     session.flush()
+    record_event(
+        session,
+        actor=actor,
+        action="key.created",
+        tenant_id=owner.id,
+        target=prefix,
+        detail={"role": parsed.value, "label": label},
+    )
     return IssuedKey(key=plaintext, prefix=prefix, tenant=owner.name, role=parsed)
 
 
-def revoke_key(session: Session, *, prefix: str) -> ApiKey:
-    """Revoke the one key whose prefix starts with ``prefix``."""
+def revoke_key(session: Session, *, prefix: str, actor: str = "cli") -> ApiKey:
+    """Revoke the one key whose prefix starts with ``prefix``; an admin event records it."""
     found = repository.keys_by_prefix_start(session, prefix) if len(prefix) >= 4 else []
     if len(found) != 1:
         raise NotFound(f"no single key matches prefix {prefix!r} ({len(found)} matches)")
     key = found[0]
     if key.revoked_at is None:
         key.revoked_at = utcnow()
+        record_event(
+            session, actor=actor, action="key.revoked", tenant_id=key.tenant_id, target=key.prefix
+        )
     return key
 
 

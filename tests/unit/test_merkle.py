@@ -119,6 +119,7 @@ def test_compact_range_gives_every_root_and_stores_every_perfect_subtree() -> No
         for leaf in LEAVES[size:]:
             resumed.append(leaf)
         assert resumed.root() == ROOTS[-1]
+
     # proofs over stored nodes equal proofs over the leaf list
     def mth(lo: int, hi: int) -> bytes:
         return merkle.fold(lo, hi, lambda level, index: nodes[(level, index)])

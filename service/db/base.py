@@ -40,9 +40,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        return value
+        # PostgreSQL answers in the session's time zone; the integrity leaves need UTC
+        return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 PortableJSON: Any = JSON().with_variant(JSONB(), "postgresql")

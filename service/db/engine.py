@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,6 +23,9 @@ def make_engine(url: str, **kw: Any) -> Engine:
     """Create an engine; on SQLite create the parent folder and turn on WAL and full sync."""
     url = normalize_url(url)
     parsed = make_url(url)
+    # orjson for JSON columns: several times faster than json, which `provenant verify` feels
+    kw.setdefault("json_serializer", _json_dumps)
+    kw.setdefault("json_deserializer", orjson.loads)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +47,10 @@ def make_engine(url: str, **kw: Any) -> Engine:
     kw.setdefault("pool_timeout", 5)
     kw.setdefault("connect_args", {"connect_timeout": 3})
     return create_engine(url, **kw)
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -72,8 +72,10 @@ def choices_text(choices: Any) -> str | None:
 
 
 def timestamp(value: datetime) -> str:
-    """A UTC timestamp as the leaf writes it (microseconds, ``Z``)."""
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A timestamp as the leaf writes it: ISO 8601 in UTC with microseconds (``+00:00``)."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")
 
 
 def _float(value: float | None) -> str | None:

@@ -33,8 +33,8 @@ class AuditRecord(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)  # UUIDv7: time-ordered
     schema_version: Mapped[int] = mapped_column(Integer, default=1)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
-    api_key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id"))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id"))
+    api_key_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("api_keys.id"))
     end_user: Mapped[str | None] = mapped_column(String(256))
     route: Mapped[str] = mapped_column(String(200))
     route_kind: Mapped[str] = mapped_column(String(32))
@@ -66,7 +66,9 @@ class AuditRecord(Base):
     upstream_latency_ms: Mapped[float | None] = mapped_column()
     trace_id: Mapped[str | None] = mapped_column(String(32))
     span_id: Mapped[str | None] = mapped_column(String(16))
-    model_snapshot_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("model_snapshots.id"))
+    model_snapshot_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("model_snapshots.id")
+    )
     policy_bundle_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -79,7 +81,9 @@ class Retrieval(Base):
 
     __tablename__ = "retrievals"
 
-    record_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_records.id"), primary_key=True)
+    record_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("audit_records.id"), primary_key=True
+    )
     rank: Mapped[int] = mapped_column(Integer, primary_key=True)
     chunk_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     source_ref: Mapped[str | None] = mapped_column(String(500))
@@ -93,7 +97,9 @@ class PolicyDecision(Base):
 
     __tablename__ = "policy_decisions"
 
-    record_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audit_records.id"), primary_key=True)
+    record_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("audit_records.id"), primary_key=True
+    )
     policy_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     stage: Mapped[str] = mapped_column(String(8), primary_key=True)
     policy_sha256: Mapped[str] = mapped_column(String(64))
@@ -108,7 +114,7 @@ class AdminEvent(Base):
     __table_args__ = (Index("ix_admin_events_tenant_created", "tenant_id", "created_at"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)  # UUIDv7
-    tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tenants.id"))
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("tenants.id"))
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str | None] = mapped_column(String(500))

@@ -32,7 +32,7 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id"), index=True)
     prefix: Mapped[str] = mapped_column(String(32), unique=True)
     key_sha256: Mapped[str] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(16))

@@ -8,6 +8,10 @@ it verifies, then tampers with plain SQL.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -307,3 +311,43 @@ def test_postgres_triggers_refuse_edits_but_allow_erasure_which_still_verifies(
         )
     report = store.verify()
     assert report.ok, report.problems
+
+
+def test_verify_and_pack_commands_name_the_altered_record(store: Store, tmp_path: Path) -> None:
+
+    env = {**os.environ, "PROVENANT_DATABASE_URL": store.url, "PROVENANT_LOG_ORIGIN": ORIGIN}
+    env["PROVENANT_DATA_DIR"] = str(tmp_path / "data")
+
+    def provenant(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    ok = provenant("verify")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("OK: 13 entries, 2 checkpoints")
+    pack = tmp_path / "evidence.sqlite"
+    made = provenant("pack", "--out", str(pack))
+    assert made.returncode == 0, made.stderr
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [signing.public_jwk(store.signer.public)]}))
+    victim = store.records[5]
+    with store.engine.connect() as conn:
+        rid = _hex(conn, victim)
+    store.attack("UPDATE audit_records SET status = 'upstream_error' WHERE id = :id", id=rid)
+    bad = provenant("verify")
+    assert bad.returncode == 1
+    assert f"ALTERED: index 6 {victim}" in bad.stdout
+    # the pack taken before the edit still verifies offline, with a pinned key
+    offline = provenant("verify", "--pack", str(pack), "--jwks", str(jwks), "--json")
+    assert offline.returncode == 0, offline.stdout + offline.stderr
+    assert json.loads(offline.stdout)["tree_size"] == 13
+    # and refuses when the pinned key is not the log's
+    stranger = signing.Signer(signing.Ed25519PrivateKey.generate(), ORIGIN)
+    jwks.write_text(json.dumps({"keys": [signing.public_jwk(stranger.public)]}))
+    refused = provenant("verify", "--pack", str(pack), "--jwks", str(jwks))
+    assert refused.returncode == 1 and "SIGNATURE" in refused.stdout

@@ -183,7 +183,8 @@ def main() -> None:
         f"- machine: {os.cpu_count()} CPUs ({platform.machine()}), "
         f"Python {platform.python_version()}",
         f"- code: `{rev}`; store: {store}; {n:,} records "
-        f"(avg canonical leaf {avg_bytes:.0f} bytes), {len(sealed)} checkpoints; sealing took {seal_s:.1f} s; whole run "
+        f"(avg canonical leaf {avg_bytes:.0f} bytes), {len(sealed)} checkpoints; "
+        f"sealing took {seal_s:.1f} s; whole run "
         f"{time.perf_counter() - run_started:.0f} s",
         "",
         "| what | seconds | records/s | / floor |",

@@ -12,6 +12,7 @@ from sqlalchemy import Boolean, Double, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db.base import Base, PortableJSON, UTCDateTime
+from service.provenance import models as _provenance  # noqa: F401  (model_snapshots, an FK target)
 
 
 class RecordStatus(StrEnum):

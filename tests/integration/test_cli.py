@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 
 from service.db.engine import make_engine, make_sessionmaker
 from service.tenancy.keys import key_hash
 from service.tenancy.models import ApiKey
+from tests.support.servers import UpstreamServer
 
 PROVENANT = [sys.executable, "-m", "service.cli"]
 
@@ -82,3 +86,54 @@ def test_bootstrap_writes_keys_once_with_mode_0600(env: dict[str, str], tmp_path
     second = run(env, "keys", "bootstrap")
     assert lines["app"] not in second.stdout + second.stderr
     assert "already has keys" in second.stderr
+
+
+def test_serve_in_a_fresh_process_answers_with_a_receipt_and_seals_it(
+    env: dict[str, str], tmp_path: Path, upstream: UpstreamServer
+) -> None:
+    """What `make run` does: a new process that imported nothing else serves, records, seals."""
+    key = run(env, "keys", "create", "--tenant", "acme", "--role", "app").stdout.split()[-1]
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        f"routes:\n  - name: echo\n    upstream: {upstream.base_url}\n    upstream_model: echo-1\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve_env = {**env, "PROVENANT_CONFIG": str(routes), "PROVENANT_SEAL_INTERVAL_S": "0.2"}
+    proc = subprocess.Popen(
+        [*PROVENANT, "serve", "--port", str(port)],
+        env=serve_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+        auth = {"Authorization": f"Bearer {key}"}
+        body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+        resp = httpx.post(f"{base}/v1/chat/completions", json=body, headers=auth)
+        assert resp.status_code == 200, resp.text
+        audit_id = resp.json()["provenance"]["audit_id"]
+        assert resp.json()["provenance"]["receipt"].count(".") == 2
+        while (
+            httpx.get(f"{base}/v1/audit/records/{audit_id}/proof", headers=auth).status_code != 200
+        ):
+            assert time.monotonic() < deadline + 10, "the record was not sealed"
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
+    assert (tmp_path / "data" / "signing-key.pem").stat().st_mode & 0o777 == 0o600
+    verified = run(env, "verify")
+    assert verified.stdout.startswith("OK: 2 entries"), verified.stdout  # key event + answer

@@ -7,6 +7,7 @@ Everything runs on this machine, on loopback, one target after another in the sa
 * ``bare-httpx``      the same bare proxy with httpx, to show why Provenant uses aiohttp;
 * ``provenant-sqlite``   ``provenant serve`` (1 worker), durable records on SQLite (WAL, FULL);
 * ``provenant-postgres`` ``provenant serve`` (1 worker), durable records on PostgreSQL;
+* ``provenant-*-wN``     the same with ``--workers N``, only with ``--provenant-workers 1,N``;
 * ``litellm``         LiteLLM's proxy, installed into ``bench/.work/litellm-venv``,
                       ``--num_workers`` = CPUs as its docs advise.
 

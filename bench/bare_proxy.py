@@ -40,12 +40,11 @@ class _AiohttpClient:
             connector=aiohttp.TCPConnector(limit=CONNECTIONS, limit_per_host=CONNECTIONS),
             timeout=aiohttp.ClientTimeout(total=None),
             trust_env=False,
-            skip_auto_headers=("User-Agent",),
         )
 
     async def post(self, url: str, body: bytes) -> tuple[int, bytes, bytes]:
         async with self._session.post(
-            url, data=body, headers={"Content-Type": "application/json"}
+            url, data=body, headers={"Content-Type": "application/json", "User-Agent": "bare"}
         ) as resp:
             raw = await resp.read()
             ctype = resp.headers.get("Content-Type", "application/json")

@@ -7,6 +7,7 @@ Everything runs on this machine, on loopback, one target after another in the sa
 * ``bare-httpx``      the same bare proxy with httpx, to show why Provenant uses aiohttp;
 * ``provenant-sqlite``   ``provenant serve`` (1 worker), durable records on SQLite (WAL, FULL);
 * ``provenant-postgres`` ``provenant serve`` (1 worker), durable records on PostgreSQL;
+* ``provenant-*-wN``     the same with ``--workers N``, only with ``--provenant-workers 1,N``;
 * ``litellm``         LiteLLM's proxy, installed into ``bench/.work/litellm-venv``,
                       ``--num_workers`` = CPUs as its docs advise.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -390,7 +392,13 @@ def write_routes(path: Path, upstream: str) -> None:
 
 
 def start_provenant(
-    procs: Processes, name: str, db_url: str, tmp: Path, upstream: str, ready_timeout: float
+    procs: Processes,
+    name: str,
+    db_url: str,
+    tmp: Path,
+    upstream: str,
+    ready_timeout: float,
+    workers: int = 1,
 ) -> Target:
     data_dir = tmp / name
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -408,10 +416,12 @@ def start_provenant(
     )
     key = created.stdout.strip().splitlines()[-1]
     port = free_port()
-    proc = procs.start(name, [PROVENANT, "serve", "--port", str(port)], env)
+    cmd = [PROVENANT, "serve", "--port", str(port), "--workers", str(workers)]
+    proc = procs.start(name, cmd, env)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     wait_ready(procs, name, proc, url, key, ready_timeout)
-    return Target(name, url, key, proc, ("a", "b", "c"), info="1 worker (one process)")
+    info = "1 worker (one process)" if workers == 1 else f"{workers} workers (uvicorn processes)"
+    return Target(name, url, key, proc, ("a", "b", "c"), info=info)
 
 
 def reset_postgres(admin_url: str, dbname: str) -> None:
@@ -719,6 +729,13 @@ def parse_args() -> argparse.Namespace:
         help="PostgreSQL URL used to (re)create the benchmark database",
     )
     p.add_argument("--pg-db", default="provenant_bench", help="database created for the run")
+    p.add_argument(
+        "--provenant-workers",
+        type=lambda v: sorted({int(n) for n in v.split(",")}),
+        default=[1],
+        help="comma-separated uvicorn worker counts to measure Provenant with (default 1; "
+        "targets with N > 1 are named provenant-*-wN)",
+    )
     p.add_argument("--litellm-spec", default="litellm[proxy]", help="pip spec for LiteLLM")
     p.add_argument(
         "--litellm-workers", type=int, default=os.cpu_count() or 1, help="default: CPU count"
@@ -859,29 +876,32 @@ def main() -> int:
         if not args.skip_httpx:
             attempt("bare-httpx", lambda: start_bare("bare-httpx", "httpx", ("a", "c")))
 
-        db = tmp / "provenant-sqlite" / "provenant.db"
+        for workers in args.provenant_workers:
+            suffix = "" if workers == 1 else f"-w{workers}"
+            db = tmp / f"provenant-sqlite{suffix}" / "provenant.db"
 
-        def start_sqlite() -> Target:
-            t = start_provenant(procs, "provenant-sqlite", f"sqlite:///{db}", tmp, upstream, 60)
-            t.info += ", SQLite WAL + synchronous=FULL, record committed before each answer"
-            t.after = lambda: f"provenant-sqlite: {count_sqlite(db)} audit records committed"
-            return t
-
-        attempt("provenant-sqlite", start_sqlite)
-
-        if not args.skip_postgres:
-            pg_url = args.pg_admin_url.rsplit("/", 1)[0] + f"/{args.pg_db}"
-
-            def start_pg() -> Target:
-                reset_postgres(args.pg_admin_url, args.pg_db)
-                t = start_provenant(procs, "provenant-postgres", pg_url, tmp, upstream, 60)
-                t.info += ", PostgreSQL (local), record committed before each answer"
-                t.after = lambda: (
-                    f"provenant-postgres: {count_postgres(pg_url)} audit records committed"
-                )
+            def start_sqlite(name: str, db: Path, workers: int) -> Target:
+                t = start_provenant(procs, name, f"sqlite:///{db}", tmp, upstream, 60, workers)
+                t.info += ", SQLite WAL + synchronous=FULL, record committed before each answer"
+                t.after = lambda: f"{name}: {count_sqlite(db)} audit records committed"
                 return t
 
-            attempt("provenant-postgres", start_pg)
+            name = f"provenant-sqlite{suffix}"
+            attempt(name, functools.partial(start_sqlite, name, db, workers))
+
+            if not args.skip_postgres:
+                pg_db = args.pg_db + suffix.replace("-", "_")
+                pg_url = args.pg_admin_url.rsplit("/", 1)[0] + f"/{pg_db}"
+
+                def start_pg(name: str, pg_db: str, pg_url: str, workers: int) -> Target:
+                    reset_postgres(args.pg_admin_url, pg_db)
+                    t = start_provenant(procs, name, pg_url, tmp, upstream, 60, workers)
+                    t.info += ", PostgreSQL (local), record committed before each answer"
+                    t.after = lambda: f"{name}: {count_postgres(pg_url)} audit records committed"
+                    return t
+
+                name = f"provenant-postgres{suffix}"
+                attempt(name, functools.partial(start_pg, name, pg_db, pg_url, workers))
 
         if not args.skip_litellm:
 

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from service import __version__
 from service.config import RoutesFile, Settings, load_routes
@@ -17,6 +18,7 @@ from service.db.engine import make_engine, make_sessionmaker
 from service.errors import install_handlers
 from service.gateway import endpoints as gateway_endpoints
 from service.gateway.backends.openai import OpenAIBackend, new_client_session
+from service.gateway.fastpath import is_chat_completion, serve_chat_completion
 from service.gateway.pipeline import Pipeline
 from service.gateway.writer import AuditWriter
 from service.health import router as health_router
@@ -30,7 +32,25 @@ from service.tenancy.auth import KeyResolver
 log = logging.getLogger("provenant")
 
 
-def create_app(settings: Settings, routes: RoutesFile | None = None) -> FastAPI:
+class Gateway(FastAPI):
+    """The FastAPI app, with ``POST /v1/chat/completions`` dispatched ahead of the framework.
+
+    The framework's per-request layers cost more than the rest of the proxy (bench/RESULTS.md),
+    so the hot path goes straight to ``fastpath.serve_chat_completion``; everything else, and
+    the OpenAPI schema of the chat route, stays FastAPI's. ``fast_path = False`` sends the chat
+    route through the framework too (the tests compare both).
+    """
+
+    fast_path = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_path and is_chat_completion(scope):
+            await serve_chat_completion(self.state, scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
     """Build the gateway for these settings (routes read from ``settings.config`` if not given)."""
     routes = routes if routes is not None else load_routes(settings.config)
 
@@ -76,7 +96,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> FastAPI:
             await run_in_threadpool(writer.stop)
             engine.dispose()
 
-    app = FastAPI(
+    app = Gateway(
         title="Provenant",
         version=__version__,
         summary="Audit and provenance gateway for LLM answers",
@@ -90,6 +110,6 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> FastAPI:
     return app
 
 
-def create_app_from_env() -> FastAPI:
+def create_app_from_env() -> Gateway:
     """Factory for ``uvicorn --factory`` and ``provenant serve``: settings from the environment."""
     return create_app(Settings())

@@ -137,12 +137,26 @@ def error_response(exc: ProvenantError) -> Response:
     )
 
 
+def response_for(exc: Exception) -> Response:
+    """Render any exception raised while answering: domain errors as themselves, a store error
+    as 503, anything else as a logged 500 (never a stack trace).
+
+    The one mapping behind both the FastAPI handlers and the pure-ASGI chat path.
+    """
+    if isinstance(exc, ProvenantError):
+        return error_response(exc)
+    if isinstance(exc, OperationalError | InterfaceError):
+        log.error("lineage store error: %s", type(exc).__name__)
+        return error_response(StoreUnavailable("lineage store unavailable"))
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(ProvenantError("internal error"))
+
+
 def install_handlers(app: FastAPI) -> None:
     """Register the single set of handlers that turn errors into OpenAI-shaped bodies."""
 
-    async def on_domain(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProvenantError)
-        return error_response(exc)
+    async def on_error(_: Request, exc: Exception) -> Response:
+        return response_for(exc)
 
     async def on_validation(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -158,17 +172,9 @@ def install_handlers(app: FastAPI) -> None:
         err.status = exc.status_code
         return error_response(err)
 
-    async def on_store_down(_: Request, exc: Exception) -> Response:
-        log.error("lineage store error: %s", type(exc).__name__)
-        return error_response(StoreUnavailable("lineage store unavailable"))
-
-    async def on_unexpected(_: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", exc_info=exc)
-        return error_response(ProvenantError("internal error"))
-
-    app.add_exception_handler(ProvenantError, on_domain)
+    app.add_exception_handler(ProvenantError, on_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(OperationalError, on_store_down)
-    app.add_exception_handler(InterfaceError, on_store_down)
-    app.add_exception_handler(Exception, on_unexpected)
+    app.add_exception_handler(OperationalError, on_error)
+    app.add_exception_handler(InterfaceError, on_error)
+    app.add_exception_handler(Exception, on_error)

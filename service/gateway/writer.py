@@ -6,6 +6,10 @@ resolves every future. While one commit runs, the next batch gathers, so no requ
 longer than about one commit, and throughput is bounded by commits/s x batch size rather than
 commits/s. If a commit fails the store is marked unhealthy: callers fail closed (503) until a
 probe succeeds again.
+
+Requests on an event loop wait on a plain asyncio future: after a batch the thread wakes each
+waiting loop once (one ``call_soon_threadsafe`` for the whole batch, not one per answer, as
+``asyncio.wrap_future`` would), which is most of the cross-thread cost at low load.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from service.errors import StoreUnavailable
 log = logging.getLogger("provenant.writer")
 
 Rows = dict[Table, list[dict[str, Any]]]
+# how the writer tells a caller its rows are durable: a thread-side future (``submit``) or an
+# asyncio future with its loop (``commit``)
+Waiter = cf.Future[None] | tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]
 _STOP = object()
 
 
@@ -77,8 +84,17 @@ class AuditWriter:
         return fut
 
     async def commit(self, rows: Rows) -> None:
-        """Queue rows and wait until they are durable; raise StoreUnavailable otherwise."""
-        await asyncio.wrap_future(self.submit(rows))
+        """Queue rows and wait until they are durable; raise StoreUnavailable otherwise.
+
+        The rows are queued before the first suspension: a caller cancelled while waiting still
+        gets its record written.
+        """
+        if self._thread is None:
+            raise StoreUnavailable("audit writer is not running")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._queue.put((rows, (loop, fut)))
+        await fut
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -107,7 +123,7 @@ class AuditWriter:
                 if not self.healthy:
                     self.healthy = self._probe()
                 continue
-            batch: list[tuple[Rows, cf.Future[None]]] = []
+            batch: list[tuple[Rows, Waiter]] = []
             item = first
             while True:
                 if item is _STOP:
@@ -127,7 +143,7 @@ class AuditWriter:
                 self._conn.close()
             self._conn = None
 
-    def _write(self, batch: list[tuple[Rows, cf.Future[None]]]) -> None:
+    def _write(self, batch: list[tuple[Rows, Waiter]]) -> None:
         started = time.perf_counter()
         try:
             self._insert([rows for rows, _ in batch])
@@ -144,18 +160,14 @@ class AuditWriter:
                 if not self.healthy
                 else "the audit record could not be stored; answer withheld"
             )
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(error)
+            _settle(batch, error)
             return
         self.healthy = True
         self.batches += 1
         self.rows_committed += len(batch)
         if self._on_batch is not None:
             self._on_batch(len(batch), time.perf_counter() - started)
-        for _, fut in batch:
-            if not fut.done():
-                fut.set_result(None)
+        _settle(batch, None)
 
     def _insert(self, answers: list[Rows]) -> None:
         merged: dict[Table, list[dict[str, Any]]] = {}
@@ -177,6 +189,33 @@ class AuditWriter:
                 conn.invalidate()
                 conn.close()
             raise
+
+
+def _settle(batch: list[tuple[Rows, Waiter]], error: BaseException | None) -> None:
+    """Resolve a batch's waiters: thread futures here, asyncio ones with one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for _, waiter in batch:
+        if isinstance(waiter, cf.Future):
+            if not waiter.done():
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
+        else:
+            by_loop.setdefault(waiter[0], []).append(waiter[1])
+    for loop, futures in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_resolve, futures, error)
+
+
+def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    # on the futures' loop; a future whose awaiting task was cancelled is already done
+    for fut in futures:
+        if not fut.done():
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
 
 
 def _depth(table: Table) -> int:

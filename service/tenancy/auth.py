@@ -89,23 +89,34 @@ class KeyResolver:
         self._cache.clear()
 
 
-async def authorize(request: Request) -> Principal:
-    """FastAPI dependency: authenticate the bearer key and check the access table."""
-    route = request.scope.get("route")
-    path = getattr(route, "path", request.url.path)
-    roles = allowed_roles(request.method, path)
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+async def check_access(
+    resolver: KeyResolver, method: str, path: str, authorization: str
+) -> Principal:
+    """Authenticate an ``Authorization`` header value and check the access table for the call.
+
+    Shared by the FastAPI dependency and the pure-ASGI chat path, so both refuse alike.
+    """
+    roles = allowed_roles(method, path)
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-    resolver: KeyResolver = request.app.state.keys
     principal = await resolver.resolve(token.strip())
     if roles is None:
-        raise Forbidden(f"no access rule is declared for {request.method} {path}")
+        raise Forbidden(f"no access rule is declared for {method} {path}")
     if principal.role not in roles:
         allowed = ", ".join(sorted(r.value for r in roles))
         raise Forbidden(f"role '{principal.role}' may not call this endpoint (needs: {allowed})")
     return principal
+
+
+async def authorize(request: Request) -> Principal:
+    """FastAPI dependency: authenticate the bearer key and check the access table."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    resolver: KeyResolver = request.app.state.keys
+    return await check_access(
+        resolver, request.method, path, request.headers.get("authorization", "")
+    )
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authorize)]

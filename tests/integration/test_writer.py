@@ -74,3 +74,31 @@ def test_a_stopped_writer_refuses_rather_than_dropping(database_url: str) -> Non
     with pytest.raises(StoreUnavailable):
         writer.submit({}).result(timeout=1)
     engine.dispose()
+
+
+def test_rows_read_back_as_written_and_a_partial_row_gets_its_defaults(
+    database_url: str, sessions: sessionmaker[Session]
+) -> None:
+    principal = principal_of(sessions)
+    full_id, full = rows_for(principal, "every column")
+    (record,) = full[AuditRecord.__table__]
+    record.update(params={"temperature": 0.5, "stop": ["x"]}, stream=True, trace_id="ab" * 16)
+    partial_id, partial = rows_for(principal, "some columns")
+    del partial[AuditRecord.__table__][0]["schema_version"]  # left to the column default
+    engine = make_engine(database_url)
+    writer = AuditWriter(engine)
+    writer.start()
+    try:
+        writer.submit(full).result(timeout=30)
+        writer.submit(partial).result(timeout=30)
+    finally:
+        writer.stop()
+        engine.dispose()
+    with sessions() as session:
+        stored = session.get(AuditRecord, full_id)
+        assert stored is not None
+        for column, value in record.items():
+            assert getattr(stored, column) == value, column
+        assert stored.created_at.tzinfo is not None
+        defaulted = session.get(AuditRecord, partial_id)
+        assert defaulted is not None and defaulted.schema_version == 1

@@ -6,6 +6,7 @@ connections (bench/RESULTS.md), and the upstream client is the proxy's largest f
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
@@ -20,12 +21,16 @@ _MAX_ERROR_BODY = 64 * 1024
 
 
 def new_client_session(connections: int) -> aiohttp.ClientSession:
-    """The process-wide upstream session (no environment proxies: traffic goes where routed)."""
+    """The process-wide upstream session (no environment proxies: traffic goes where routed).
+
+    No ``skip_auto_headers``: every request sets its own User-Agent, and a session-level skip
+    list makes aiohttp rebuild and copy the header multidict on each request (~6 % of the
+    event loop's time at 64 connections).
+    """
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=connections, limit_per_host=connections),
         timeout=aiohttp.ClientTimeout(total=None),
         trust_env=False,
-        skip_auto_headers=("User-Agent",),
     )
 
 
@@ -38,6 +43,14 @@ def _headers(route: OpenAIRoute, traceparent: str | None) -> dict[str, str]:
     if traceparent:
         headers["traceparent"] = traceparent
     return headers
+
+
+@functools.lru_cache(maxsize=256)
+def _timeout(total: float, connect: float, read: float, stream: bool) -> aiohttp.ClientTimeout:
+    """A route's timeouts as aiohttp's (immutable) object, built once per route and mode."""
+    return aiohttp.ClientTimeout(
+        total=None if stream else total, sock_connect=connect, sock_read=read
+    )
 
 
 async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
@@ -67,9 +80,7 @@ class OpenAIBackend:
         self, route: OpenAIRoute, payload: dict[str, Any], traceparent: str | None, stream: bool
     ) -> aiohttp.ClientResponse:
         t = route.timeouts
-        timeout = aiohttp.ClientTimeout(
-            total=None if stream else t.total, sock_connect=t.connect, sock_read=t.read
-        )
+        timeout = _timeout(t.total, t.connect, t.read, stream)
         try:
             resp = await self._session.post(
                 f"{route.upstream}/chat/completions",

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, select
+from sqlalchemy import Connection, Engine, select
 
 from service.db.base import utcnow
 from service.integrity import leaf, merkle
 from service.integrity.canonical import digest
+from service.integrity.log import tree_size
 from service.integrity.models import Checkpoint, LogEntry, LogPending, SigningKey
 from service.integrity.signing import b64url_decode, parse_checkpoint, verify_note
 from service.lineage.models import AdminEvent, AuditRecord, PolicyDecision, Retrieval
@@ -131,31 +132,20 @@ class _Lineage:
     """Lineage rows of the records in one index range, by log index."""
 
     def __init__(self, conn: Connection, lo: int, hi: int) -> None:
-        in_range = and_(LogEntry.idx >= lo, LogEntry.idx < hi)
-        self.retrievals = dict(
-            _grouped(
-                iter(
-                    conn.execute(
-                        select(LogEntry.idx, Retrieval)
-                        .join(Retrieval, Retrieval.record_id == LogEntry.entry_id)
-                        .where(in_range)
-                        .order_by(LogEntry.idx)
-                    )
-                )
-            )
+        self.retrievals = self._by_index(conn, Retrieval, lo, hi)
+        self.decisions = self._by_index(conn, PolicyDecision, lo, hi)
+
+    @staticmethod
+    def _by_index(
+        conn: Connection, table: type[Retrieval] | type[PolicyDecision], lo: int, hi: int
+    ) -> dict[int, list[Any]]:
+        rows = conn.execute(
+            select(LogEntry.idx, table)
+            .join(table, table.record_id == LogEntry.entry_id)
+            .where(LogEntry.idx >= lo, LogEntry.idx < hi)
+            .order_by(LogEntry.idx)
         )
-        self.decisions = dict(
-            _grouped(
-                iter(
-                    conn.execute(
-                        select(LogEntry.idx, PolicyDecision)
-                        .join(PolicyDecision, PolicyDecision.record_id == LogEntry.entry_id)
-                        .where(in_range)
-                        .order_by(LogEntry.idx)
-                    )
-                )
-            )
-        )
+        return dict(_grouped(iter(rows)))
 
 
 def _snapshots(conn: Connection, report: Report) -> dict[Any, str]:
@@ -211,8 +201,7 @@ def _scan(
 ) -> int:
     """Walk the log in index order; returns its size."""
     snapshots = _snapshots(conn, report)
-    total = conn.execute(select(LogEntry.idx).order_by(LogEntry.idx.desc()).limit(1)).scalar()
-    total = 0 if total is None else total + 1
+    total = tree_size(conn)
     rng = merkle.CompactRange()
     bounds = sorted(signed)
     next_bound = 0

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from service import __version__
 from service.config import RoutesFile, Settings, load_routes
 from service.db.engine import make_engine, make_sessionmaker
-from service.errors import install_handlers
+from service.errors import ProvenantError, install_handlers
 from service.gateway import endpoints as gateway_endpoints
 from service.gateway.backends.openai import OpenAIBackend, new_client_session
 from service.gateway.fastpath import is_chat_completion, serve_chat_completion
@@ -27,6 +30,8 @@ from service.integrity import signing
 from service.integrity.log import Sealer, seal_periodically
 from service.integrity.receipts import Receipts
 from service.lineage import endpoints as lineage_endpoints
+from service.policies import endpoints as policy_endpoints
+from service.policies.service import Policies, bundle_path, load_engine
 from service.tenancy.auth import KeyResolver
 
 log = logging.getLogger("provenant")
@@ -53,6 +58,8 @@ class Gateway(FastAPI):
 def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
     """Build the gateway for these settings (routes read from ``settings.config`` if not given)."""
     routes = routes if routes is not None else load_routes(settings.config)
+    policy_file = bundle_path(settings.policy_bundle)
+    policies = Policies(policy_file, load_engine(policy_file))  # an invalid bundle stops here
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,13 +85,17 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
         app.state.writer = writer
         app.state.keys = KeyResolver(sessions, settings.key_cache_ttl_s)
         app.state.sealer = sealer
+        app.state.policies = policies
         app.state.pipeline = Pipeline(
             routes.by_name(),
             OpenAIBackend(http),
             writer,
             Receipts(signer, settings.max_merge_delay_s),
+            policies,
         )
         app.state.draining = False
+        await _policies_on_record(policies, sessions)
+        _reload_on_sighup(policies, sessions)
         try:
             yield
         finally:
@@ -107,7 +118,38 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
     app.include_router(gateway_endpoints.router)
     app.include_router(lineage_endpoints.router)
     app.include_router(integrity_endpoints.router)
+    app.include_router(policy_endpoints.router)
     return app
+
+
+async def _policies_on_record(policies: Policies, sessions: sessionmaker[Session]) -> None:
+    try:
+        await run_in_threadpool(policies.record_loaded, sessions, actor="gateway:start")
+    except SQLAlchemyError as exc:
+        log.warning("policy bundle load not recorded (store unreachable): %s", type(exc).__name__)
+
+
+def _reload_on_sighup(policies: Policies, sessions: sessionmaker[Session]) -> None:
+    """SIGHUP reloads the policy bundle (a failed reload keeps the current one)."""
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        async def run() -> None:
+            try:
+                await run_in_threadpool(policies.reload, sessions, actor="signal:SIGHUP")
+            except ProvenantError as exc:
+                log.error("policy reload refused, keeping %s: %s", policies.sha256, exc.message)
+            except SQLAlchemyError as exc:
+                log.error("policy reload not recorded, bundle unchanged: %s", type(exc).__name__)
+
+        _background.add(task := loop.create_task(run()))
+        task.add_done_callback(_background.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, reload)
+
+
+_background: set[asyncio.Task[None]] = set()
 
 
 def create_app_from_env() -> Gateway:

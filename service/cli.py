@@ -42,6 +42,7 @@ def serve(
     import uvicorn
 
     from service.config import load_routes
+    from service.policies.service import bundle_path, load_engine
 
     settings = _settings()
     try:
@@ -49,6 +50,17 @@ def serve(
     except ProvenantError as exc:
         _fail(exc)
     err.print(f"routes from {settings.config}: {', '.join(r.name for r in routes.routes)}")
+    policy_file = bundle_path(settings.policy_bundle)
+    try:
+        engine = load_engine(policy_file)
+    except ProvenantError as exc:
+        _fail(exc)
+    if engine is None:
+        err.print("policies: none (no bundle configured, policies/default.yaml absent)")
+    else:
+        err.print(
+            f"policies: {policy_file} (bundle {engine.bundle.bundle}, sha256 {engine.sha256})"
+        )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         "service.app:create_app_from_env",
@@ -178,6 +190,15 @@ def _integrity_commands() -> None:
 
 
 _integrity_commands()
+
+
+def _policy_commands() -> None:
+    from service.policies import cli as policies
+
+    app.add_typer(policies.app, name="policies")
+
+
+_policy_commands()
 
 
 def main() -> None:

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     writer_max_batch: int = Field(default=512, ge=1)
     store_probe_interval_s: float = Field(default=1.0, gt=0)
     upstream_connections: int = Field(default=256, ge=1)
+    policy_bundle: Path | None = Field(
+        default=None, description="policy bundle YAML; default policies/default.yaml if present"
+    )
     # integrity log
     signing_key_file: Path | None = Field(
         default=None, description="Ed25519 PEM key; default <data_dir>/signing-key.pem, made once"

@@ -38,10 +38,20 @@ class ProvenantError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}
+        # set when the refused answer was recorded: its provenance rides in the error object
+        self.provenance: dict[str, Any] | None = None
 
 
 class ConfigError(ProvenantError):
     code = "config_error"
+
+
+class InvalidPolicyBundle(ConfigError):
+    """A policy bundle failed validation (the message names file, line and key)."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "invalid_policy_bundle"
 
 
 class InvalidRequest(ProvenantError):
@@ -92,6 +102,14 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class PolicyBlocked(ProvenantError):
+    """A policy refused the request (``pre``) or withheld the answer (``post``)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "policy_blocked"
+
+
 class StoreUnavailable(ProvenantError):
     status = 503
     type = "api_error"
@@ -120,17 +138,25 @@ class UpstreamRejected(ProvenantError):
         self.status = status
 
 
-def error_body(message: str, type_: str, code: str, param: str | None = None) -> bytes:
-    """The OpenAI error body as bytes."""
-    return orjson.dumps(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    )
+def error_body(
+    message: str,
+    type_: str,
+    code: str,
+    param: str | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> bytes:
+    """The OpenAI error body as bytes (``provenance`` inside the error object: the SDKs hand
+    only that object to the application)."""
+    error: dict[str, Any] = {"message": message, "type": type_, "param": param, "code": code}
+    if provenance is not None:
+        error["provenance"] = provenance
+    return orjson.dumps({"error": error})
 
 
 def error_response(exc: ProvenantError) -> Response:
     """Render a domain error."""
     return Response(
-        error_body(exc.message, exc.type, exc.code, exc.param),
+        error_body(exc.message, exc.type, exc.code, exc.param, exc.provenance),
         status_code=exc.status,
         media_type="application/json",
         headers=exc.headers,

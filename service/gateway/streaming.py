@@ -38,6 +38,7 @@ class StreamAccumulator:
     model: str | None = None
     id: str | None = None
     created: int | None = None
+    rewritten: bool = False  # a policy changed the content: relay the rewritten answer
 
     def feed(self, chunk: dict[str, Any]) -> None:
         """Add one parsed chunk."""
@@ -72,6 +73,23 @@ class StreamAccumulator:
             for i in indexes
         ]
 
+    def rewrite(self, redact: Callable[[str], str]) -> None:
+        """Apply a redaction to the accumulated text of every choice."""
+        for index, parts in self.content.items():
+            self.content[index] = [redact("".join(parts))]
+        self.rewritten = True
+
+    def rewritten_chunks(self) -> list[dict[str, Any]]:
+        """The answer as one chunk per choice (what a held-back stream relays once rewritten)."""
+        base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created}
+        chunks: list[dict[str, Any]] = [
+            {**base, "model": self.model, "choices": [{**c, "delta": c.pop("message")}]}
+            for c in self.choices()
+        ]
+        if self.usage is not None:
+            chunks.append({**base, "model": self.model, "choices": [], "usage": self.usage})
+        return chunks
+
 
 @dataclass
 class StreamEnd:
@@ -81,8 +99,9 @@ class StreamEnd:
     error: ProvenantError | None = None
 
 
-# finish(accumulator, end) commits the record and returns the provenance object;
-# it raises StoreUnavailable when the record could not be committed.
+# finish(accumulator, end) commits the record and returns the provenance object; it raises
+# StoreUnavailable when the record could not be committed, and a ProvenantError carrying the
+# recorded provenance when a policy withheld the answer. It may rewrite the accumulator.
 Finisher = Callable[[StreamAccumulator, StreamEnd], Awaitable[dict[str, Any]]]
 
 
@@ -92,10 +111,19 @@ def sse(payload: dict[str, Any]) -> bytes:
 
 
 class AuditedStream(Response):
-    """An ASGI response relaying an upstream SSE stream, auditing it before it ends."""
+    """An ASGI response relaying an upstream SSE stream, auditing it before it ends.
+
+    With ``hold`` the events are kept back until the finisher has run (post-stage policies
+    that may withhold or rewrite the answer), then relayed, or rewritten, or refused.
+    """
 
     def __init__(
-        self, upstream: aiohttp.ClientResponse, finish: Finisher, headers: dict[str, str]
+        self,
+        upstream: aiohttp.ClientResponse,
+        finish: Finisher,
+        headers: dict[str, str],
+        *,
+        hold: bool = False,
     ) -> None:
         self._upstream = upstream
         self._finish = finish
@@ -105,6 +133,8 @@ class AuditedStream(Response):
         self._acc = StreamAccumulator()
         self._done = False
         self._recorded = False
+        self._hold = hold
+        self._held: list[bytes] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
@@ -148,8 +178,14 @@ class AuditedStream(Response):
             try:
                 provenance = await self._finish_once(end)
             except ProvenantError as exc:
-                await self._send_error(send, exc, None)
+                await self._send_error(send, exc, exc.provenance)
                 return
+            if self._acc.rewritten:
+                self._held = [sse(chunk) for chunk in self._acc.rewritten_chunks()]
+            if self._held:
+                await send(
+                    {"type": "http.response.body", "body": b"".join(self._held), "more_body": True}
+                )
             tail: dict[str, Any] = {
                 "id": self._acc.id,
                 "object": "chat.completion.chunk",
@@ -216,6 +252,9 @@ class AuditedStream(Response):
                     msg = str((chunk.get("error") or {}).get("message", "upstream error"))
                     return StreamEnd(RecordStatus.upstream_error, UpstreamError(msg[:500]))
                 self._acc.feed(chunk)
+                if self._hold:
+                    self._held.append(b"data: " + data + b"\n\n")
+                    continue
                 await send(
                     {
                         "type": "http.response.body",

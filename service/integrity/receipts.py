@@ -20,14 +20,15 @@ class Receipts:
         self._signer = signer
         self._mmd = max_merge_delay_s
 
-    def issue(self, row: dict[str, Any]) -> str:
-        """The receipt of a record row as it was committed."""
+    def issue(self, row: dict[str, Any], answer_sha256: str | None = None) -> str:
+        """The receipt of a record row as it was committed; ``answer_sha256`` is the hash of the
+        answer as delivered when the record stores it redacted (default: the record's)."""
         return self._signer.receipt(
             {
                 "iss": self._signer.origin,
                 "sub": str(row["id"]),
                 "leaf": row["leaf_sha256"],
-                "answer_sha256": row["answer_sha256"],
+                "answer_sha256": answer_sha256 or row["answer_sha256"],
                 "iat": int(time.time()),
                 "mmd": self._mmd,
             }

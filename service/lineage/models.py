@@ -23,6 +23,7 @@ class RecordStatus(StrEnum):
     upstream_timeout = "upstream_timeout"
     upstream_rejected = "upstream_rejected"
     client_disconnected = "client_disconnected"
+    policy_blocked = "policy_blocked"
 
 
 class AuditRecord(Base):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,17 @@ def sha256_text(value: str) -> str:
 def prompt_text(messages: list[Any]) -> str:
     """The stored form of a prompt: its messages as JSON with sorted keys."""
     return orjson.dumps(messages, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def redact_json(value: Any, redact: Callable[[str], str]) -> Any:
+    """A copy of a JSON value with ``redact`` applied to every string in it (not to keys)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_json(v, redact) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_json(v, redact) for k, v in value.items()}
+    return value
 
 
 def answer_text(choices: list[dict[str, Any]]) -> str:
@@ -58,9 +70,15 @@ class Exchange:
     # lineage filled by the RAG, registry and policy stages (empty for a plain proxy route)
     retrievals: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    policy_view: list[dict[str, Any]] = field(default_factory=list)  # provenance.policies
     model_snapshot_id: uuid.UUID | None = None
     model_snapshot_sha256: str | None = None
     policy_bundle_sha256: str | None = None
+    # how prompt and answer are stored: full, redacted (with ``redact``) or hash_only
+    content_mode: str = "full"
+    redact: Callable[[str], str] | None = None
+    # SHA-256 of the answer as the client received it (what its receipt names)
+    delivered_sha256: str | None = None
 
     @property
     def stream(self) -> bool:
@@ -80,8 +98,14 @@ class Exchange:
     ) -> dict[str, Any]:
         """The ``audit_records`` row for this exchange as it ended."""
         choices = choices or []
-        prompt = prompt_text(self.body.get("messages") or [])
+        messages = self.body.get("messages") or []
         answer = answer_text(choices)
+        self.delivered_sha256 = sha256_text(answer)
+        if self.content_mode == "redacted" and self.redact is not None:
+            messages = redact_json(messages, self.redact)
+            choices = redact_json(choices, self.redact)
+            answer = answer_text(choices)
+        prompt = prompt_text(messages)
         usage = usage or {}
         end_user = self.body.get("user")
         row: dict[str, Any] = {
@@ -122,6 +146,9 @@ class Exchange:
             "completed_at": utcnow(),
         }
         leaf.seal_content(row)
+        if self.content_mode == "hash_only":
+            # the salted hashes (and the salt) stay: whoever holds the content can prove it
+            row["prompt"] = row["answer"] = row["choices"] = None
         row["leaf_sha256"] = leaf.leaf_sha256(
             leaf.record_document(
                 row,

@@ -26,6 +26,8 @@ ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     ("GET", "/v1/audit/checkpoints/{size}"): ANY_ROLE,
     ("GET", "/v1/audit/records/{record_id}/proof"): ANY_ROLE,
     ("GET", "/v1/audit/consistency"): ANY_ROLE,
+    ("GET", "/v1/policies"): READERS,
+    ("POST", "/v1/admin/policies/reload"): frozenset({Role.admin}),
 }
 
 

@@ -136,4 +136,5 @@ def test_serve_in_a_fresh_process_answers_with_a_receipt_and_seals_it(
     assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
     assert (tmp_path / "data" / "signing-key.pem").stat().st_mode & 0o777 == 0o600
     verified = run(env, "verify")
-    assert verified.stdout.startswith("OK: 2 entries"), verified.stdout  # key event + answer
+    # key created, policy bundle loaded at start (policies/default.yaml), the answer
+    assert verified.stdout.startswith("OK: 3 entries"), verified.stdout

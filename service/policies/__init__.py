@@ -1,0 +1,1 @@
+"""Governance policies: the bundle format, the pure evaluation engine and reloads."""

@@ -1,0 +1,423 @@
+"""Policy evaluation: a pure function of a decision input, compiled once per bundle.
+
+``Engine(bundle)`` compiles every check (regexes, PII detectors, word sets); ``pre`` and
+``post`` evaluate the policies that apply to a request's route, route kind and tenant and return
+their decisions, the first blocking one, and what to redact. No I/O happens here: what the
+registry said about the model and what retrieval returned come in the ``Facts``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.policies import pii
+from service.policies.bundle import (
+    RAG_KINDS,
+    Action,
+    ApprovedModel,
+    BlockedTerms,
+    Bundle,
+    ContentMode,
+    Grounding,
+    MaxInputTokens,
+    Pii,
+    Policy,
+    RequireCitations,
+    Stage,
+    StaleSources,
+)
+
+# outcomes a decision records
+PASS = "pass"  # noqa: S105 (an outcome, not a password)
+FLAGGED = "flagged"
+BLOCKED = "blocked"
+REDACTED = "redacted"
+SKIPPED = "skipped"  # the check does not apply to this answer (e.g. citations on a plain route)
+APPLIED = "applied"  # content_mode: the storage mode in force
+
+_OUTCOME = {Action.block: BLOCKED, Action.flag: FLAGGED, Action.redact: REDACTED}
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One retrieved source as policies see it."""
+
+    text: str
+    cited: bool = False
+    superseded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Everything a policy may read about one answer (the decision input)."""
+
+    route: str
+    route_kind: str
+    tenant: str
+    prompt: Sequence[str]  # the text of each message
+    model: Mapping[str, Any] | None = None  # the registry snapshot: alias(es), tags, version
+    sources: Sequence[Source] = ()
+    answer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one check found: failed or not (None: does not apply), and why, without values."""
+
+    failed: bool | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+CheckFn = Callable[[Facts, Stage], Result]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One policy's decision about one answer."""
+
+    policy: Policy
+    policy_sha256: str
+    outcome: str
+    detail: dict[str, Any]
+
+    def row(self) -> dict[str, Any]:
+        """The ``policy_decisions`` row (without record id)."""
+        return {
+            "policy_id": self.policy.id,
+            "stage": self.policy.stage.value,
+            "policy_sha256": self.policy_sha256,
+            "outcome": self.outcome,
+            "detail": self.detail,
+        }
+
+    def public(self) -> dict[str, Any]:
+        """The decision as ``provenance.policies`` shows it."""
+        return {
+            "id": self.policy.id,
+            "stage": self.policy.stage.value,
+            "outcome": self.outcome,
+            "severity": self.policy.severity,
+            "frameworks": list(self.policy.frameworks),
+            "sha256": self.policy_sha256,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The decisions of one stage, the first block among them, and the redactor to apply."""
+
+    decisions: list[Decision]
+    blocked: Decision | None = None
+    redact: Callable[[str], str] | None = None
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+_WORD = re.compile(r"[^\W_]{3,}")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
+_STOP_WORDS = """the and for are but not you all any can had her was one our out has him his how
+its may new now old see two way who did get let put say she too use with this that from they will
+have been were what when which their there them then than into more some such only also each other
+these those your about would could should"""
+_STOP = frozenset(_STOP_WORDS.split())
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+def estimate_tokens(texts: Sequence[str]) -> int:
+    """Tokens of a prompt, estimated as characters / 4 (no tokenizer download)."""
+    return math.ceil(sum(len(t) for t in texts) / 4)
+
+
+def _approved_model(check: ApprovedModel) -> CheckFn:
+    aliases = frozenset(check.aliases)
+    tags = dict(check.tags)
+
+    def run(facts: Facts, _: Stage) -> Result:
+        model = facts.model
+        if model is None:
+            if check.allow_unregistered:
+                return Result(None, {"message": "route has no registry link"})
+            return Result(True, {"message": "no registered model version serves this route"})
+        held = set(model.get("aliases") or ()) | ({model["alias"]} if model.get("alias") else set())
+        model_tags = model.get("tags") or {}
+        by_alias = bool(aliases & held)
+        by_tags = bool(tags) and all(str(model_tags.get(k)) == v for k, v in tags.items())
+        detail = {"model": model.get("name"), "version": model.get("version")}
+        if by_alias or by_tags:
+            return Result(False, detail)
+        return Result(True, {**detail, "message": "model version is not approved"})
+
+    return run
+
+
+def _require_citations(check: RequireCitations) -> CheckFn:
+    def run(facts: Facts, _: Stage) -> Result:
+        if facts.route_kind not in RAG_KINDS:
+            return Result(None)
+        cited = sum(1 for s in facts.sources if s.cited)
+        detail: dict[str, Any] = {"cited": cited, "required": check.min_cited}
+        if cited < check.min_cited:
+            detail["message"] = f"answer cites {cited} source(s), {check.min_cited} required"
+            return Result(True, detail)
+        return Result(False, detail)
+
+    return run
+
+
+def _grounding(check: Grounding) -> CheckFn:
+    def run(facts: Facts, _: Stage) -> Result:
+        if facts.route_kind not in RAG_KINDS:
+            return Result(None)
+        sources = [_words(s.text) for s in facts.sources]
+        sentences = [
+            words
+            for part in _SENTENCE.split(_CITATION.sub("", facts.answer or ""))
+            if len(words := _words(part)) >= 3
+        ]
+        if not sentences:
+            return Result(None, {"message": "no sentence long enough to check"})
+        supported = sum(
+            1
+            for words in sentences
+            if any(len(words & src) >= check.min_overlap * len(words) for src in sources)
+        )
+        share = supported / len(sentences)
+        detail: dict[str, Any] = {
+            "supported": supported,
+            "sentences": len(sentences),
+            "share": round(share, 4),
+            "threshold": check.threshold,
+        }
+        if share < check.threshold:
+            detail["message"] = f"{share:.0%} of sentences grounded, {check.threshold:.0%} required"
+            return Result(True, detail)
+        return Result(False, detail)
+
+    return run
+
+
+def _stale_sources(check: StaleSources) -> CheckFn:
+    def run(facts: Facts, _: Stage) -> Result:
+        if facts.route_kind not in RAG_KINDS:
+            return Result(None)
+        stale = [
+            i + 1
+            for i, s in enumerate(facts.sources)
+            if s.superseded and (s.cited or not check.cited_only)
+        ]
+        if stale:
+            return Result(
+                True, {"stale_refs": stale, "message": f"{len(stale)} superseded source(s)"}
+            )
+        return Result(False)
+
+    return run
+
+
+def _texts(facts: Facts, stage: Stage) -> Sequence[str]:
+    if stage is Stage.pre:
+        return facts.prompt
+    return [facts.answer] if facts.answer else []
+
+
+def _pii(check: Pii) -> CheckFn:
+    detector = pii.Detector(check.kinds, check.phone_region, check.national_ids)
+
+    def run(facts: Facts, stage: Stage) -> Result:
+        found: list[pii.Finding] = []
+        for text in _texts(facts, stage):
+            found.extend(detector.find(text))
+        if found:
+            kinds = pii.counts(found)
+            return Result(True, {"found": kinds, "message": f"personal data: {sorted(kinds)}"})
+        return Result(False)
+
+    return run
+
+
+def _blocked_terms(check: BlockedTerms) -> CheckFn:
+    flags = 0 if check.case_sensitive else re.IGNORECASE
+    compiled = [re.compile(p, flags) for p in check.patterns]
+
+    def run(facts: Facts, stage: Stage) -> Result:
+        texts = _texts(facts, stage)
+        hits = [i for i, rx in enumerate(compiled) if any(rx.search(t) for t in texts)]
+        if hits:
+            return Result(True, {"patterns": hits, "message": f"{len(hits)} blocked pattern(s)"})
+        return Result(False)
+
+    return run
+
+
+def _max_input_tokens(check: MaxInputTokens) -> CheckFn:
+    def run(facts: Facts, _: Stage) -> Result:
+        tokens = estimate_tokens(facts.prompt)
+        detail: dict[str, Any] = {"estimated_tokens": tokens, "limit": check.limit}
+        if tokens > check.limit:
+            detail["message"] = f"prompt has about {tokens} tokens, limit {check.limit}"
+            return Result(True, detail)
+        return Result(False, detail)
+
+    return run
+
+
+def _content_mode(check: ContentMode) -> CheckFn:
+    def run(_: Facts, __: Stage) -> Result:
+        return Result(False, {"mode": check.mode})
+
+    return run
+
+
+def _compile(policy: Policy) -> CheckFn:
+    check = policy.check
+    match check:
+        case ApprovedModel():
+            return _approved_model(check)
+        case RequireCitations():
+            return _require_citations(check)
+        case Grounding():
+            return _grounding(check)
+        case StaleSources():
+            return _stale_sources(check)
+        case Pii():
+            return _pii(check)
+        case BlockedTerms():
+            return _blocked_terms(check)
+        case MaxInputTokens():
+            return _max_input_tokens(check)
+        case ContentMode():
+            return _content_mode(check)
+    raise AssertionError(check)
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    policy: Policy
+    sha256: str
+    run: CheckFn
+    redactor: pii.Detector | None
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    """How a record's prompt and answer are stored, and the redactor for ``redacted``."""
+
+    mode: str = "full"
+    redact: Callable[[str], str] | None = None
+
+
+def _redactor(detectors: Sequence[pii.Detector]) -> Callable[[str], str] | None:
+    if not detectors:
+        return None
+
+    def redact(text: str) -> str:
+        for detector in detectors:
+            text, _ = detector.redact(text)
+        return text
+
+    return redact
+
+
+class Engine:
+    """A compiled bundle. ``pre``/``post`` are pure and safe to call from any task."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.sha256 = bundle.sha256
+        self._compiled = [
+            _Compiled(
+                p,
+                p.sha256,
+                _compile(p),
+                pii.Detector(p.check.kinds, p.check.phone_region, p.check.national_ids)
+                if isinstance(p.check, Pii | ContentMode)
+                else None,
+            )
+            for p in bundle.policies
+        ]
+        self._scope: dict[tuple[str, str, str], tuple[list[_Compiled], list[_Compiled]]] = {}
+
+    def _applicable(self, route: str, kind: str, tenant: str) -> tuple[list[_Compiled], ...]:
+        key = (route, kind, tenant)
+        found = self._scope.get(key)
+        if found is None:
+            hits = [c for c in self._compiled if c.policy.applies_to.matches(route, kind, tenant)]
+            found = (
+                [c for c in hits if c.policy.stage is Stage.pre],
+                [c for c in hits if c.policy.stage is Stage.post],
+            )
+            if len(self._scope) < 10_000:
+                self._scope[key] = found
+        return found
+
+    def pre(self, facts: Facts) -> Outcome:
+        """Decisions before the upstream is called (request, route, model)."""
+        return self._run(self._applicable(facts.route, facts.route_kind, facts.tenant)[0], facts)
+
+    def post(self, facts: Facts) -> Outcome:
+        """Decisions about the answer and its sources."""
+        return self._run(self._applicable(facts.route, facts.route_kind, facts.tenant)[1], facts)
+
+    def buffers_stream(self, route: str, kind: str, tenant: str) -> bool:
+        """Whether a streamed answer must be held back until post-stage policies have run
+        (some may block or redact it)."""
+        post = self._applicable(route, kind, tenant)[1]
+        return any(c.policy.action in (Action.block, Action.redact) for c in post)
+
+    def storage(self, route: str, kind: str, tenant: str) -> Storage:
+        """The content mode in force: the strictest of the applicable content_mode policies."""
+        modes = [
+            c
+            for c in self._applicable(route, kind, tenant)[0]
+            if isinstance(c.policy.check, ContentMode)
+        ]
+        if not modes:
+            return Storage()
+        rank = {"full": 0, "redacted": 1, "hash_only": 2}
+        strictest = max(modes, key=lambda c: rank[c.policy.check.mode])  # type: ignore[union-attr]
+        mode: str = strictest.policy.check.mode  # type: ignore[union-attr]
+        detectors = [c.redactor for c in modes if c.redactor is not None]
+        return Storage(mode, _redactor(detectors) if mode == "redacted" else None)
+
+    def _run(self, compiled: list[_Compiled], facts: Facts) -> Outcome:
+        decisions: list[Decision] = []
+        blocked: Decision | None = None
+        redactors: list[pii.Detector] = []
+        for c in compiled:
+            policy = c.policy
+            result = c.run(facts, policy.stage)
+            if result.failed is None:
+                outcome = SKIPPED
+            elif isinstance(policy.check, ContentMode):
+                outcome = APPLIED
+            elif result.failed:
+                outcome = _OUTCOME[policy.action or Action.flag]
+            else:
+                outcome = PASS
+            detail = result.detail
+            if outcome in (FLAGGED, BLOCKED, REDACTED):
+                # what a violations report needs, even after the bundle has changed
+                detail = {
+                    **detail,
+                    "severity": policy.severity,
+                    "frameworks": list(policy.frameworks),
+                }
+            decision = Decision(policy, c.sha256, outcome, detail)
+            decisions.append(decision)
+            if outcome == BLOCKED and blocked is None:
+                blocked = decision
+            if outcome == REDACTED and c.redactor is not None:
+                redactors.append(c.redactor)
+        return Outcome(decisions, blocked, _redactor(redactors))

@@ -28,7 +28,8 @@ def _settings() -> Settings:
 
 
 def _fail(exc: ProvenantError) -> None:
-    err.print(f"[red]error:[/red] {exc.message}")
+    err.print("[red]error:[/red] ", end="")
+    err.print(exc.message, markup=False, soft_wrap=True)  # unwrapped: paths stay greppable
     raise typer.Exit(2)
 
 

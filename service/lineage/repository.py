@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.lineage.models import AuditRecord
+from service.lineage.models import AuditRecord, PolicyDecision
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,14 @@ def page(
     if before is not None:
         stmt = stmt.where(AuditRecord.id < before)
     return list(session.scalars(stmt.order_by(AuditRecord.id.desc()).limit(limit)))
+
+
+def decisions(session: Session, record_id: uuid.UUID) -> list[PolicyDecision]:
+    """A record's policy decisions, pre stage first."""
+    return list(
+        session.scalars(
+            select(PolicyDecision)
+            .where(PolicyDecision.record_id == record_id)
+            .order_by(PolicyDecision.stage.desc(), PolicyDecision.policy_id)
+        )
+    )

@@ -42,10 +42,24 @@ class AuditRecordSummary(BaseModel):
     leaf_sha256: str | None
 
 
+class PolicyDecisionOut(BaseModel):
+    """One policy's decision about the record's answer."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    policy_id: str
+    stage: str
+    policy_sha256: str
+    outcome: str
+    detail: dict[str, Any] | None
+
+
 class AuditRecordOut(AuditRecordSummary):
-    """A whole record."""
+    """A whole record, with its policy decisions."""
 
     schema_version: int
+    policy_bundle_sha256: str | None = None
+    policies: list[PolicyDecisionOut] = []
     error_message: str | None
     params: dict[str, Any]
     prompt: str | None

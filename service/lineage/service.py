@@ -9,7 +9,12 @@ from sqlalchemy.orm import Session
 from service.errors import NotFound
 from service.lineage import repository
 from service.lineage.repository import RecordFilter
-from service.lineage.schemas import AuditRecordOut, AuditRecordPage, AuditRecordSummary
+from service.lineage.schemas import (
+    AuditRecordOut,
+    AuditRecordPage,
+    AuditRecordSummary,
+    PolicyDecisionOut,
+)
 from service.tenancy.auth import Principal
 
 
@@ -18,7 +23,11 @@ def read_record(session: Session, *, principal: Principal, record_id: uuid.UUID)
     record = repository.get(session, principal.tenant_id, record_id)
     if record is None:
         raise NotFound(f"no audit record {record_id}")
-    return AuditRecordOut.model_validate(record)
+    out = AuditRecordOut.model_validate(record)
+    out.policies = [
+        PolicyDecisionOut.model_validate(d) for d in repository.decisions(session, record_id)
+    ]
+    return out
 
 
 def list_records(

@@ -399,12 +399,13 @@ def start_provenant(
     upstream: str,
     ready_timeout: float,
     workers: int = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> Target:
     data_dir = tmp / name
     data_dir.mkdir(parents=True, exist_ok=True)
     routes = data_dir / "routes.yaml"
     write_routes(routes, upstream)
-    env = provenant_env(db_url, routes, data_dir)
+    env = {**provenant_env(db_url, routes, data_dir), **(extra_env or {})}
     subprocess.run([PROVENANT, "migrate"], env=env, check=True, cwd=ROOT, capture_output=True)
     created = subprocess.run(
         [PROVENANT, "keys", "create", "--tenant", "bench", "--role", "app"],

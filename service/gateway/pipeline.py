@@ -160,7 +160,7 @@ class Pipeline:
             if isinstance(c, dict)
         ]
         if engine is not None and facts is not None:
-            post = engine.post(replace(facts, answer=answer_text(choices)))
+            post = engine.post(facts.answered(answer_text(choices)))
             _decided(ex, post)
             if post.blocked is not None:
                 await self._refuse(ex, post.blocked, choices=choices, answer=answer)
@@ -207,7 +207,7 @@ class Pipeline:
             ex.upstream_latency_ms = (time.perf_counter() - started_upstream) * 1000
             err = end.error
             if engine is not None and facts is not None and end.status is RecordStatus.ok:
-                post = engine.post(replace(facts, answer=answer_text(acc.choices())))
+                post = engine.post(facts.answered(answer_text(acc.choices())))
                 _decided(ex, post)
                 if post.blocked is not None:
                     await self._refuse(ex, post.blocked, choices=acc.choices(), answer=None)
@@ -238,10 +238,10 @@ class Pipeline:
         Returns the facts the post stage extends with the answer."""
         tenant = ex.principal.tenant
         ex.policy_bundle_sha256 = engine.sha256
-        storage = engine.storage(route.name, route.kind, tenant)
-        ex.content_mode, ex.redact = storage.mode, storage.redact
         messages = ex.body.get("messages")
         facts = Facts(route.name, route.kind, tenant, message_texts(messages))
+        storage = engine.storage(route.name, route.kind, tenant, facts.memo)
+        ex.content_mode, ex.redact = storage.mode, storage.redact
         pre: Outcome = engine.pre(facts)
         _decided(ex, pre)
         if pre.blocked is not None:

@@ -62,6 +62,23 @@ class Facts:
     model: Mapping[str, Any] | None = None  # the registry snapshot: alias(es), tags, version
     sources: Sequence[Source] = ()
     answer: str | None = None
+    # scans of texts already looked at while evaluating this answer (shared by every PII check
+    # and the storage redaction; ``replace`` keeps the same dict)
+    memo: pii.Memo = field(default_factory=dict, compare=False, repr=False)
+
+    def answered(self, answer: str) -> Facts:
+        """The same facts with the answer (for the post stage; shares the memo).
+        Cheaper than ``dataclasses.replace`` on the hot path."""
+        return Facts(
+            self.route,
+            self.route_kind,
+            self.tenant,
+            self.prompt,
+            self.model,
+            self.sources,
+            answer,
+            self.memo,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +252,7 @@ def _pii(check: Pii) -> CheckFn:
     def run(facts: Facts, stage: Stage) -> Result:
         found: list[pii.Finding] = []
         for text in _texts(facts, stage):
-            found.extend(detector.find(text))
+            found.extend(detector.find(text, facts.memo))
         if found:
             kinds = pii.counts(found)
             return Result(True, {"found": kinds, "message": f"personal data: {sorted(kinds)}"})
@@ -247,9 +264,13 @@ def _pii(check: Pii) -> CheckFn:
 def _blocked_terms(check: BlockedTerms) -> CheckFn:
     flags = 0 if check.case_sensitive else re.IGNORECASE
     compiled = [re.compile(p, flags) for p in check.patterns]
+    # one pass over the text for all patterns; the per-pattern passes only once one matched
+    anyone = re.compile("|".join(f"(?:{p})" for p in check.patterns), flags)
 
     def run(facts: Facts, stage: Stage) -> Result:
         texts = _texts(facts, stage)
+        if not any(anyone.search(t) for t in texts):
+            return Result(False)
         hits = [i for i, rx in enumerate(compiled) if any(rx.search(t) for t in texts)]
         if hits:
             return Result(True, {"patterns": hits, "message": f"{len(hits)} blocked pattern(s)"})
@@ -318,13 +339,13 @@ class Storage:
     redact: Callable[[str], str] | None = None
 
 
-def _redactor(detectors: Sequence[pii.Detector]) -> Callable[[str], str] | None:
+def _redactor(detectors: Sequence[pii.Detector], memo: pii.Memo) -> Callable[[str], str] | None:
     if not detectors:
         return None
 
     def redact(text: str) -> str:
         for detector in detectors:
-            text, _ = detector.redact(text)
+            text, _ = detector.redact(text, memo)
         return text
 
     return redact
@@ -376,8 +397,9 @@ class Engine:
         post = self._applicable(route, kind, tenant)[1]
         return any(c.policy.action in (Action.block, Action.redact) for c in post)
 
-    def storage(self, route: str, kind: str, tenant: str) -> Storage:
-        """The content mode in force: the strictest of the applicable content_mode policies."""
+    def storage(self, route: str, kind: str, tenant: str, memo: pii.Memo | None = None) -> Storage:
+        """The content mode in force: the strictest of the applicable content_mode policies
+        (``memo``: the answer's scans, shared with its PII checks)."""
         modes = [
             c
             for c in self._applicable(route, kind, tenant)[0]
@@ -389,7 +411,8 @@ class Engine:
         strictest = max(modes, key=lambda c: rank[c.policy.check.mode])  # type: ignore[union-attr]
         mode: str = strictest.policy.check.mode  # type: ignore[union-attr]
         detectors = [c.redactor for c in modes if c.redactor is not None]
-        return Storage(mode, _redactor(detectors) if mode == "redacted" else None)
+        redact = _redactor(detectors, {} if memo is None else memo)
+        return Storage(mode, redact if mode == "redacted" else None)
 
     def _run(self, compiled: list[_Compiled], facts: Facts) -> Outcome:
         decisions: list[Decision] = []
@@ -420,4 +443,4 @@ class Engine:
                 blocked = decision
             if outcome == REDACTED and c.redactor is not None:
                 redactors.append(c.redactor)
-        return Outcome(decisions, blocked, _redactor(redactors))
+        return Outcome(decisions, blocked, _redactor(redactors, facts.memo))

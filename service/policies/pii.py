@@ -3,8 +3,12 @@
 Candidates are found by one compiled regular expression per kind, then confirmed by a validator
 from a well-kept library where the format has a check: payment card numbers by the Luhn check,
 IBANs by their ISO 7064 check digits and national ids by their own rules (python-stdnum), phone
-numbers by Google's libphonenumber metadata (phonenumbers). Text without a candidate costs one
-regex scan per kind, which keeps this on the hot path.
+numbers by Google's libphonenumber metadata (phonenumbers).
+
+To stay cheap on the hot path, the per-kind expressions do not scan the whole text: one pass
+finds runs of 7 or more digits (every numeric kind has them) and the ``@`` signs, and the kinds'
+expressions run only in a window around each (``Pattern.finditer(text, pos, endpos)``, so
+look-behinds still see the real text). Prose without such a run costs one scan.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ _EMAIL = re.compile(
 )
 # 7 to 15 digits with the usual separators, optionally after a +
 _PHONE = re.compile(r"(?<![\w+])\+?\(?\d(?:[\d\s().-]{5,18})\d(?![\w])")
+# 7+ digits with at most 3 separators between neighbours: where any numeric kind can be
+_DIGIT_RUN = re.compile(r"\d(?:[\s().+/-]{0,3}\d){6,}")
+_WINDOW = 12  # characters around a digit run (an IBAN's country code and check digits, a +)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{2}[./-]\d{2}[./-]\d{4}")
 _CARD = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b")
@@ -92,6 +99,96 @@ def _phone(region: str, value: str) -> bool:
     return phonenumbers.is_valid_number(number)
 
 
+@dataclass(frozen=True, slots=True)
+class _Scanner:
+    """One shape of one kind: where to look, what to match, how to confirm it."""
+
+    key: str
+    kind: str
+    rx: re.Pattern[str]
+    check: Callable[[str], bool]
+    where: str  # "digits" (near a digit run), "at" (near an @) or "all"
+
+
+def _always(_: str) -> bool:
+    return True
+
+
+def _scanner(kind: str, name: str, phone_region: str = "US") -> _Scanner:
+    if kind == "email":
+        return _Scanner("email", kind, _EMAIL, _always, "at")
+    if kind == "iban":
+        return _Scanner("iban", kind, _IBAN, _iban, "digits")
+    if kind == "payment_card":
+        return _Scanner("payment_card", kind, _CARD, _card, "digits")
+    if kind == "phone":
+        return _Scanner(
+            f"phone:{phone_region}", kind, _PHONE, partial(_phone, phone_region), "digits"
+        )
+    rx, check = NATIONAL_IDS[name]
+    # the Italian codice fiscale has letters between short digit groups: looked for everywhere
+    return _Scanner(
+        f"national_id:{name}", kind, rx, check, "all" if name == "it_codice_fiscale" else "digits"
+    )
+
+
+class Scan:
+    """One text's confirmed matches per scanner, shared by every detector that reads the same
+    text while one answer is evaluated (a ``Memo``), so each shape is looked for once."""
+
+    __slots__ = ("_hits", "_windows", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._windows: dict[str, list[tuple[int, int]]] = {}
+        self._hits: dict[str, list[tuple[int, int]]] = {}
+
+    def _where(self, where: str) -> list[tuple[int, int]]:
+        found = self._windows.get(where)
+        if found is not None:
+            return found
+        text = self.text
+        spans: list[tuple[int, int]] = []
+        if where == "all":
+            spans = [(0, len(text))]
+        elif where == "digits":
+            spans = [
+                (max(0, m.start() - _WINDOW), m.end() + _WINDOW) for m in _DIGIT_RUN.finditer(text)
+            ]
+        else:
+            at = text.find("@")
+            while at != -1:
+                spans.append((max(0, at - 65), at + 256))
+                at = text.find("@", at + 1)
+        merged: list[tuple[int, int]] = []
+        for start, end in spans:
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        self._windows[where] = merged
+        return merged
+
+    def near_digits_or_at(self) -> bool:
+        """Whether the text has a digit run or an @ (where every kind but one can be)."""
+        return bool(self._where("digits") or self._where("at"))
+
+    def hits(self, scanner: _Scanner) -> list[tuple[int, int]]:
+        """Spans this scanner's shape matches and its check confirms."""
+        found = self._hits.get(scanner.key)
+        if found is None:
+            found = []
+            for pos, endpos in self._where(scanner.where):
+                for match in scanner.rx.finditer(self.text, pos, endpos):
+                    if scanner.check(match.group()):
+                        found.append(match.span())
+            self._hits[scanner.key] = found
+        return found
+
+
+Memo = dict[str, Scan]  # text -> its scan, for the evaluation of one answer
+
+
 class Detector:
     """Finds the configured kinds of personal data in text. Built once per policy."""
 
@@ -102,51 +199,44 @@ class Detector:
         national_ids: Iterable[str] = tuple(NATIONAL_IDS),
     ) -> None:
         self.kinds = tuple(kinds)
-        unknown = (set(self.kinds) - set(KINDS)) | (set(national_ids) - set(NATIONAL_IDS))
+        national = tuple(national_ids)
+        unknown = (set(self.kinds) - set(KINDS)) | (set(national) - set(NATIONAL_IDS))
         if unknown:
             raise ValueError(f"unknown PII kinds or national id formats: {sorted(unknown)}")
-        # the dashed SSN shape is specific; the loose digit-run shapes go after phone numbers
-        strict = [NATIONAL_IDS[n] for n in national_ids if n == "us_ssn"]
-        loose = [NATIONAL_IDS[n] for n in national_ids if n != "us_ssn"]
-        scanners: list[tuple[str, re.Pattern[str], Callable[[str], bool]]] = []
-        # every kind but email needs at least 7 digits (cheap to count, so most text skips them)
         # order matters where shapes overlap: the more specific shapes claim their spans first
-        if "email" in self.kinds:
-            scanners.append(("email", _EMAIL, lambda _: True))
-        if "iban" in self.kinds:
-            scanners.append(("iban", _IBAN, _iban))
-        if "payment_card" in self.kinds:
-            scanners.append(("payment_card", _CARD, _card))
-        if "national_id" in self.kinds:
-            scanners.extend(("national_id", rx, check) for rx, check in strict)
-        if "phone" in self.kinds:
-            scanners.append(("phone", _PHONE, partial(_phone, phone_region)))
-        if "national_id" in self.kinds:
-            scanners.extend(("national_id", rx, check) for rx, check in loose)
-        self._email = tuple(s for s in scanners if s[0] == "email")
-        self._numeric = tuple(s for s in scanners if s[0] != "email")
+        # (the dashed SSN before phone numbers, the loose digit-run id shapes after them)
+        order: list[tuple[str, str]] = [("email", ""), ("iban", ""), ("payment_card", "")]
+        order += [("national_id", n) for n in national if n == "us_ssn"]
+        order += [("phone", "")]
+        order += [("national_id", n) for n in national if n != "us_ssn"]
+        self._scanners = tuple(_scanner(k, n, phone_region) for k, n in order if k in self.kinds)
+        self._anywhere = tuple(s for s in self._scanners if s.where == "all")
 
-    def find(self, text: str) -> list[Finding]:
-        """Every confirmed finding, non-overlapping, in text order."""
+    def find(self, text: str, memo: Memo | None = None) -> list[Finding]:
+        """Every confirmed finding, non-overlapping, in text order. With a ``memo``, scans of
+        the same text by other detectors are reused."""
+        scan = memo.get(text) if memo is not None else None
+        if scan is None:
+            scan = Scan(text)
+            if memo is not None:
+                memo[text] = scan
         found: list[Finding] = []
         taken: list[tuple[int, int]] = []
-        scanners = self._email if "@" in text else ()
-        if sum(map(text.count, "0123456789")) >= 7:
-            scanners += self._numeric
-        for kind, rx, check in scanners:
-            for match in rx.finditer(text):
-                start, end = match.span()
+        scanners = self._scanners
+        if not scan.near_digits_or_at():
+            scanners = self._anywhere  # most prose: no digit run and no @
+        for scanner in scanners:
+            for start, end in scan.hits(scanner):
                 if any(start < e and s < end for s, e in taken):
                     continue
-                if check(match.group()):
-                    found.append(Finding(kind, start, end))
-                    taken.append((start, end))
+                found.append(Finding(scanner.kind, start, end))
+                taken.append((start, end))
         found.sort(key=lambda f: f.start)
         return found
 
-    def redact(self, text: str) -> tuple[str, list[Finding]]:
+    def redact(self, text: str, memo: Memo | None = None) -> tuple[str, list[Finding]]:
         """The text with each finding replaced by ``[KIND]``, and the findings."""
-        findings = self.find(text)
+        findings = self.find(text, memo)
         if not findings:
             return text, findings
         parts: list[str] = []

@@ -25,9 +25,10 @@ DEFAULT_BUNDLE = Path("policies/default.yaml")
 
 
 def bundle_path(configured: Path | None) -> Path | None:
-    """The bundle to load: the configured file, else ``policies/default.yaml`` if present."""
+    """The bundle to load: the configured file (``none``: no policies), else
+    ``policies/default.yaml`` if present."""
     if configured is not None:
-        return configured
+        return None if str(configured) == "none" else configured
     return DEFAULT_BUNDLE if DEFAULT_BUNDLE.is_file() else None
 
 

@@ -1,0 +1,208 @@
+"""Policy benchmark: what evaluating a bundle costs per answer, and what it costs the proxy.
+
+1. Evaluation: each shipped bundle compiled once, then its ``pre`` and ``post`` stages (and the
+   storage redaction its content mode asks for) run over a typical answer on a plain route and
+   on a RAG route; microseconds per answer, best of several timeit repeats.
+2. Proxy: ``provenant serve`` (1 worker, SQLite) started once per bundle (``none``, ``default``,
+   ``finance``), all against the same demo upstream, measured with wrk at 64 connections in
+   interleaved rounds (so drift on a shared machine hits every target alike); median requests/s
+   and the ratio to the run without policies. Target (issue: governance policies): finance
+   >= 0.8x.
+
+Usage: ``.venv/bin/python bench/policies.py [--duration 10 --rounds 3 --no-write]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import timeit
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proxy import (  # bench/ is not a package: proxy.py is beside this file
+    MODEL_FAST,
+    PROVENANT,
+    RESULTS,
+    ROOT,
+    WORK,
+    Processes,
+    Runner,
+    free_port,
+    git_revision,
+    load_average,
+    log,
+    start_provenant,
+    wait_ready,
+)
+
+from service.lineage.records import redact_json
+from service.policies.bundle import load_bundle
+from service.policies.engine import Engine, Facts, Source
+
+BUNDLES = ("default", "finance", "healthcare", "eu-ai-act")
+TARGET_RATIO = 0.8
+
+PROMPT = [
+    "You are the support assistant of a retail bank. Answer briefly and cite your sources.",
+    "I ordered a replacement card on 2026-11-02 (order 48213) and it has not arrived yet. "
+    "What is the usual delivery time, and can I keep using my old card until then?",
+]
+ANSWER = (
+    "Replacement cards usually arrive within 5 to 7 business days [1]. Your old card stays "
+    "active until you activate the new one [2]. If it has not arrived after 10 business days, "
+    "call the card services line and a new card will be sent at no cost [1]."
+)
+SOURCES = [
+    Source(
+        "Replacement cards are delivered within 5 to 7 business days. If a card has not arrived "
+        "after 10 business days, card services send a new card at no cost.",
+        cited=True,
+    ),
+    Source("The previous card remains active until the replacement is activated.", cited=True),
+    Source("Lost cards must be reported immediately through the app or by phone."),
+]
+
+
+def answer_once(engine: Engine, facts: Facts) -> int:
+    """One answer's policy work: storage mode, pre, post, and the content mode's redaction."""
+    facts = replace(facts, memo={})  # a fresh answer
+    storage = engine.storage(facts.route, facts.route_kind, facts.tenant, facts.memo)
+    pre = engine.pre(facts)
+    post = engine.post(facts.answered(ANSWER))
+    if storage.redact is not None:
+        redact_json([{"role": "user", "content": t} for t in PROMPT], storage.redact)
+        redact_json([{"message": {"role": "assistant", "content": ANSWER}}], storage.redact)
+        storage.redact(ANSWER)
+    return len(pre.decisions) + len(post.decisions)
+
+
+def evaluation_costs(repeat: int) -> list[tuple[str, str, float, int]]:
+    """(bundle, route kind, microseconds per answer, decisions per answer)."""
+    rows = []
+    for name in BUNDLES:
+        engine = Engine(load_bundle(ROOT / "policies" / f"{name}.yaml"))
+        for kind, sources in (("openai", ()), ("rag", SOURCES)):
+            facts = Facts("r", kind, "bench", PROMPT, None, sources)
+            count = answer_once(engine, facts)
+            number = 2000
+            best = (
+                min(
+                    timeit.repeat(
+                        lambda e=engine, f=facts: answer_once(e, f), number=number, repeat=repeat
+                    )
+                )
+                / number
+            )
+            rows.append((name, kind, best * 1e6, count))
+            log(f"  {name:11s} {kind:7s} {best * 1e6:7.1f} us/answer  {count} decisions")
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=10, help="seconds per wrk measurement")
+    p.add_argument("--warmup", type=float, default=2, help="seconds of wrk warm-up")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per target")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = p.parse_args()
+    command = shlex.join([".venv/bin/python", "bench/policies.py", *sys.argv[1:]])
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        log("wrk not found: install it (Debian: apt-get install -y wrk)")
+        return 2
+    load_before = load_average()
+
+    log("evaluation cost per answer (pre + post + storage redaction)")
+    costs = evaluation_costs(repeat=5)
+
+    WORK.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="policies-", dir=WORK))
+    procs = Processes(tmp, None)
+    runner = Runner(wrk, None, args.duration, args.warmup, tmp, tmp / "wrk-raw.txt")
+    rps: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    try:
+        up_port = free_port()
+        upstream = f"http://127.0.0.1:{up_port}/v1"
+        up = procs.start(
+            "upstream", [PROVENANT, "demo-upstream", "--port", str(up_port)], dict(os.environ)
+        )
+        wait_ready(procs, "upstream", up, f"{upstream}/chat/completions", None, 30)
+        targets = {}
+        for bundle in ("none", "default", "finance"):
+            path = "none" if bundle == "none" else str(ROOT / "policies" / f"{bundle}.yaml")
+            targets[bundle] = start_provenant(
+                procs,
+                f"policies-{bundle}",
+                f"sqlite:///{tmp / bundle}.db",
+                tmp,
+                upstream,
+                60,
+                extra_env={"PROVENANT_POLICY_BUNDLE": path},
+            )
+        for round_ in range(args.rounds):
+            log(f"round {round_ + 1}/{args.rounds}")
+            for bundle, t in targets.items():
+                assert t.proc is not None
+                m = runner.measure(
+                    t.name, "c", t.url, MODEL_FAST, t.key, args.connections, t.proc.pid
+                )
+                if not m.ok:
+                    raise RuntimeError(f"{t.name}: errors={m.errors} non2xx={m.non2xx}")
+                rps.setdefault(bundle, []).append(m.rps)
+                if m.cpu_us_per_req is not None:
+                    cpu.setdefault(bundle, []).append(m.cpu_us_per_req)
+    finally:
+        procs.stop_all()
+
+    base = statistics.median(rps["none"])
+    lines = [
+        "",
+        f"## Policies — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Command: `{command}`  ",
+        f"Revision: {git_revision()}; load before: {load_before}; "
+        f"{os.cpu_count()} CPUs shared with whatever else runs.",
+        "",
+        "Evaluation per answer (compiled bundle; `pre` + `post` + the content mode's redaction of "
+        "prompt and answer), best of 5 x 2,000:",
+        "",
+        "| bundle | route kind | us / answer | decisions |",
+        "|---|---|---:|---:|",
+        *[f"| {b} | {k} | {us:.1f} | {n} |" for b, k, us, n in costs],
+        "",
+        f"Proxy, 1 worker, SQLite, wrk c={args.connections}, {args.rounds} interleaved rounds of "
+        f"{args.duration:g} s (median):",
+        "",
+        "| bundle | req/s | ratio to none | server CPU us/req | target |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for bundle in rps:
+        med = statistics.median(rps[bundle])
+        ratio = med / base
+        cpu_med = statistics.median(cpu[bundle]) if cpu.get(bundle) else float("nan")
+        verdict = ""
+        if bundle == "finance":
+            verdict = f"{'PASS' if ratio >= TARGET_RATIO else 'FAIL'} (>= {TARGET_RATIO}x)"
+        lines.append(f"| {bundle} | {med:.0f} | {ratio:.3f}x | {cpu_med:.0f} | {verdict} |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if not args.no_write:
+        with RESULTS.open("a") as f:
+            f.write(report)
+        log(f"appended to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

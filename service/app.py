@@ -32,6 +32,8 @@ from service.integrity.receipts import Receipts
 from service.lineage import endpoints as lineage_endpoints
 from service.policies import endpoints as policy_endpoints
 from service.policies.service import Policies, bundle_path, load_engine
+from service.privacy import endpoints as privacy_endpoints
+from service.privacy.erasure import retain_periodically
 from service.tenancy.auth import KeyResolver
 
 log = logging.getLogger("provenant")
@@ -80,6 +82,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
         )
         sealer = Sealer(engine, signer)
         sealing = asyncio.create_task(seal_periodically(sealer, settings.seal_interval_s))
+        retaining = asyncio.create_task(retain_periodically(sessions, settings))
         app.state.settings = settings
         app.state.sessions = sessions
         app.state.writer = writer
@@ -100,9 +103,10 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
             yield
         finally:
             app.state.draining = True
-            sealing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sealing
+            for task in (sealing, retaining):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await http.close()
             await run_in_threadpool(writer.stop)
             engine.dispose()
@@ -119,6 +123,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
     app.include_router(lineage_endpoints.router)
     app.include_router(integrity_endpoints.router)
     app.include_router(policy_endpoints.router)
+    app.include_router(privacy_endpoints.router)
     return app
 
 

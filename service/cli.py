@@ -202,6 +202,17 @@ def _policy_commands() -> None:
 _policy_commands()
 
 
+def _privacy_commands() -> None:
+    from service.privacy import cli as privacy
+
+    app.command()(privacy.erase)
+    app.add_typer(privacy.hold_app, name="hold")
+    app.add_typer(privacy.retention_app, name="retention")
+
+
+_privacy_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

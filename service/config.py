@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     policy_bundle: Path | None = Field(
         default=None, description="policy bundle YAML; default policies/default.yaml if present"
     )
+    # privacy
+    retention_floor_days: int = Field(
+        default=183, ge=0, description="no content younger than this is erased by retention"
+    )
+    retention_interval_s: float = Field(
+        default=3600, ge=0, description="how often the gateway runs retention; 0 = never"
+    )
     # integrity log
     signing_key_file: Path | None = Field(
         default=None, description="Ed25519 PEM key; default <data_dir>/signing-key.pem, made once"

@@ -35,6 +35,8 @@ async def _settings(request: Request) -> Settings:
     return settings
 
 
-SessionDep = Annotated[Session, Depends(_session)]
+# scope="function": the commit happens before the response is sent, so a client that got 2xx
+# reads its own write
+SessionDep = Annotated[Session, Depends(_session, scope="function")]
 PipelineDep = Annotated[Pipeline, Depends(_pipeline)]
 SettingsDep = Annotated[Settings, Depends(_settings)]

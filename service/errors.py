@@ -110,6 +110,14 @@ class PolicyBlocked(ProvenantError):
     code = "policy_blocked"
 
 
+class LegalHoldActive(ProvenantError):
+    """A legal hold protects the records an erasure would change."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "legal_hold"
+
+
 class StoreUnavailable(ProvenantError):
     status = 503
     type = "api_error"

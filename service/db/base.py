@@ -48,7 +48,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
-PortableJSON: Any = JSON().with_variant(JSONB(), "postgresql")
+# none_as_null: Python None is SQL NULL (not the JSON value null), which erasure relies on
+PortableJSON: Any = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 def utcnow() -> datetime:

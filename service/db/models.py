@@ -3,6 +3,7 @@
 from service.db.base import Base
 from service.integrity.models import Checkpoint, LogEntry, LogPending, SigningKey, TreeNode
 from service.lineage.models import AdminEvent, AuditRecord, PolicyDecision, Retrieval
+from service.privacy.models import LegalHold
 from service.provenance.models import ModelSnapshot
 from service.tenancy.models import ApiKey, Tenant
 
@@ -12,6 +13,7 @@ __all__ = [
     "AuditRecord",
     "Base",
     "Checkpoint",
+    "LegalHold",
     "LogEntry",
     "LogPending",
     "ModelSnapshot",

@@ -242,6 +242,7 @@ class Pipeline:
         facts = Facts(route.name, route.kind, tenant, message_texts(messages))
         storage = engine.storage(route.name, route.kind, tenant, facts.memo)
         ex.content_mode, ex.redact = storage.mode, storage.redact
+        ex.retention = engine.retention(route.name, route.kind, tenant)
         pre: Outcome = engine.pre(facts)
         _decided(ex, pre)
         if pre.blocked is not None:

@@ -6,7 +6,8 @@ content): the salt is stored beside the content and erased with it, so an erased
 verifies and nothing left behind links back to what was erased. JSON-valued fields enter as the
 SHA-256 of their canonical JSON; floats as their ``repr`` (exact for a double); the record's
 lineage rows (retrievals, policy decisions, the model snapshot's hash) are part of its leaf, so
-altering any of them is detected. The same functions build leaves at write time and in
+altering any of them is detected. Records of schema version 2 on also commit to their retention
+class and retain-until time. The same functions build leaves at write time and in
 ``provenant verify``; an independent verifier needs only this description.
 """
 
@@ -102,6 +103,11 @@ def record_document(
     doc["created_at"] = timestamp(row["created_at"])
     doc["completed_at"] = timestamp(row["completed_at"])
     doc["model_snapshot_sha256"] = snapshot_sha256
+    if row["schema_version"] >= 2:
+        # retention: set when the record is written, so shortening it later is detected
+        doc["retention_class"] = row["retention_class"]
+        until = row["retain_until"]
+        doc["retain_until"] = None if until is None else timestamp(until)
     doc["retrievals"] = [
         [
             r["rank"],

@@ -72,6 +72,10 @@ class AuditRecord(Base):
         Uuid, ForeignKey("model_snapshots.id")
     )
     policy_bundle_sha256: Mapped[str | None] = mapped_column(String(64))
+    # retention (from the policy bundle; schema_version >= 2, covered by the leaf): after
+    # retain_until the content may be erased by `provenant retention run`, hashes stay
+    retention_class: Mapped[str | None] = mapped_column(String(64))
+    retain_until: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # SHA-256(0x00 || canonical leaf document): the record's entry in the integrity log

@@ -6,7 +6,7 @@ import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -17,6 +17,9 @@ from service.integrity import leaf
 from service.integrity.models import LogPending
 from service.lineage.models import AuditRecord, PolicyDecision, RecordStatus, Retrieval
 from service.tenancy.auth import Principal
+
+# 2: the record carries (and its leaf covers) retention_class and retain_until
+SCHEMA_VERSION = 2
 
 # request fields that are the prompt or the routing key, not parameters
 _NOT_PARAMS = frozenset({"messages", "model", "user"})
@@ -79,6 +82,8 @@ class Exchange:
     redact: Callable[[str], str] | None = None
     # SHA-256 of the answer as the client received it (what its receipt names)
     delivered_sha256: str | None = None
+    # retention class and days (from the policy bundle), if one applies
+    retention: tuple[str, int] | None = None
 
     @property
     def stream(self) -> bool:
@@ -110,7 +115,7 @@ class Exchange:
         end_user = self.body.get("user")
         row: dict[str, Any] = {
             "id": self.id,
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "tenant_id": self.principal.tenant_id,
             "api_key_id": self.principal.key_id,
             "end_user": end_user if isinstance(end_user, str) else None,
@@ -142,6 +147,12 @@ class Exchange:
             "span_id": self.span_id,
             "model_snapshot_id": self.model_snapshot_id,
             "policy_bundle_sha256": self.policy_bundle_sha256,
+            "retention_class": None if self.retention is None else self.retention[0],
+            "retain_until": (
+                None
+                if self.retention is None
+                else self.created_at + timedelta(days=self.retention[1])
+            ),
             "created_at": self.created_at,
             "completed_at": utcnow(),
         }

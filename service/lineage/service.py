@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from service.errors import NotFound
 from service.lineage import repository
+from service.lineage.events import record_event
 from service.lineage.repository import RecordFilter
 from service.lineage.schemas import (
     AuditRecordOut,
@@ -23,6 +24,13 @@ def read_record(session: Session, *, principal: Principal, record_id: uuid.UUID)
     record = repository.get(session, principal.tenant_id, record_id)
     if record is None:
         raise NotFound(f"no audit record {record_id}")
+    record_event(  # reads of the log are on the log (who read what, when)
+        session,
+        actor=f"key:{principal.key_prefix}",
+        action="record.read",
+        tenant_id=principal.tenant_id,
+        target=f"record:{record_id}",
+    )
     out = AuditRecordOut.model_validate(record)
     out.policies = [
         PolicyDecisionOut.model_validate(d) for d in repository.decisions(session, record_id)
@@ -40,6 +48,18 @@ def list_records(
 ) -> AuditRecordPage:
     """A page of the caller's tenant's records, newest first."""
     rows = repository.page(session, principal.tenant_id, flt, limit=limit + 1, before=cursor)
+    record_event(
+        session,
+        actor=f"key:{principal.key_prefix}",
+        action="records.listed",
+        tenant_id=principal.tenant_id,
+        target="records",
+        detail={
+            "filters": {k: (None if v is None else str(v)) for k, v in vars(flt).items()},
+            "cursor": None if cursor is None else str(cursor),
+            "returned": min(len(rows), limit),
+        },
+    )
     has_more = len(rows) > limit
     rows = rows[:limit]
     return AuditRecordPage(

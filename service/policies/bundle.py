@@ -135,6 +135,17 @@ class ContentMode(_Strict):
     phone_region: str = Field(default="US", pattern=r"^[A-Z]{2}$")
 
 
+class Retention(_Strict):
+    """How long a record's content is kept: a named class, its days and its legal basis. The
+    longest applicable class wins (every obligation is met); ``provenant retention run`` erases
+    content after it, keeping the hashes. Records carry the class and their retain-until time."""
+
+    type: Literal["retention"]
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="e.g. hipaa-6y")
+    days: int = Field(ge=1, le=36500)
+    legal_basis: str = Field(min_length=1, max_length=500)
+
+
 Check = Annotated[
     ApprovedModel
     | RequireCitations
@@ -143,7 +154,8 @@ Check = Annotated[
     | Pii
     | BlockedTerms
     | MaxInputTokens
-    | ContentMode,
+    | ContentMode
+    | Retention,
     Field(discriminator="type"),
 ]
 
@@ -157,7 +169,10 @@ STAGES: dict[str, frozenset[Stage]] = {
     "blocked_terms": frozenset(Stage),
     "max_input_tokens": frozenset({Stage.pre}),
     "content_mode": frozenset({Stage.pre}),
+    "retention": frozenset({Stage.pre}),
 }
+# checks that set how the record is kept rather than judge the answer: no action
+SETTINGS_CHECKS = frozenset({"content_mode", "retention"})
 
 
 class AppliesTo(_Strict):
@@ -195,9 +210,9 @@ class Policy(_Strict):
         if self.stage not in STAGES[kind]:
             allowed = " or ".join(sorted(STAGES[kind]))
             raise ValueError(f"check {kind} runs at stage {allowed}, not {self.stage}")
-        if kind == "content_mode":
+        if kind in SETTINGS_CHECKS:
             if self.action not in (None, Action.redact):
-                raise ValueError("content_mode takes no action (it sets how content is stored)")
+                raise ValueError(f"{kind} takes no action (it sets how the record is kept)")
         elif self.action is None:
             raise ValueError("action is required (block, flag or redact)")
         elif self.action is Action.redact and kind != "pii":
@@ -320,6 +335,11 @@ def _what(policy: Policy) -> str:
             return f"the prompt is at most {check.limit} tokens (estimated: characters / 4)"
         case ContentMode():
             return f"prompts and answers are stored as `{check.mode}`"
+        case Retention():
+            return (
+                f"records are kept in class `{check.name}`: content for {check.days} days "
+                f"({check.legal_basis}), then erased with hashes kept"
+            )
     raise AssertionError(check)
 
 
@@ -338,7 +358,7 @@ def describe(policy: Policy) -> str:
         )
         or "every route and tenant"
     )
-    if policy.check.type == "content_mode":
+    if policy.check.type in SETTINGS_CHECKS:
         effect = "applied when the record is written"
     else:
         effect = {

@@ -27,6 +27,7 @@ from service.policies.bundle import (
     Pii,
     Policy,
     RequireCitations,
+    Retention,
     Stage,
     StaleSources,
 )
@@ -298,6 +299,15 @@ def _content_mode(check: ContentMode) -> CheckFn:
     return run
 
 
+def _retention(check: Retention) -> CheckFn:
+    detail = {"class": check.name, "days": check.days, "legal_basis": check.legal_basis}
+
+    def run(_: Facts, __: Stage) -> Result:
+        return Result(False, detail)
+
+    return run
+
+
 def _compile(policy: Policy) -> CheckFn:
     check = policy.check
     match check:
@@ -317,6 +327,8 @@ def _compile(policy: Policy) -> CheckFn:
             return _max_input_tokens(check)
         case ContentMode():
             return _content_mode(check)
+        case Retention():
+            return _retention(check)
     raise AssertionError(check)
 
 
@@ -414,6 +426,16 @@ class Engine:
         redact = _redactor(detectors, {} if memo is None else memo)
         return Storage(mode, redact if mode == "redacted" else None)
 
+    def retention(self, route: str, kind: str, tenant: str) -> tuple[str, int] | None:
+        """The retention class in force (name, days): the longest applicable one."""
+        classes = [
+            c.policy.check
+            for c in self._applicable(route, kind, tenant)[0]
+            if isinstance(c.policy.check, Retention)
+        ]
+        longest = max(classes, key=lambda r: r.days, default=None)
+        return None if longest is None else (longest.name, longest.days)
+
     def _run(self, compiled: list[_Compiled], facts: Facts) -> Outcome:
         decisions: list[Decision] = []
         blocked: Decision | None = None
@@ -423,7 +445,7 @@ class Engine:
             result = c.run(facts, policy.stage)
             if result.failed is None:
                 outcome = SKIPPED
-            elif isinstance(policy.check, ContentMode):
+            elif isinstance(policy.check, ContentMode | Retention):
                 outcome = APPLIED
             elif result.failed:
                 outcome = _OUTCOME[policy.action or Action.flag]

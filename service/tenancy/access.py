@@ -13,6 +13,7 @@ from service.tenancy.models import Role
 PUBLIC: Final = frozenset[Role]()
 ANY_ROLE: Final = frozenset(Role)
 READERS: Final = frozenset({Role.auditor, Role.admin})
+ADMIN: Final = frozenset({Role.admin})
 
 ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     ("GET", "/healthz"): PUBLIC,
@@ -27,7 +28,12 @@ ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     ("GET", "/v1/audit/records/{record_id}/proof"): ANY_ROLE,
     ("GET", "/v1/audit/consistency"): ANY_ROLE,
     ("GET", "/v1/policies"): READERS,
-    ("POST", "/v1/admin/policies/reload"): frozenset({Role.admin}),
+    ("POST", "/v1/admin/policies/reload"): ADMIN,
+    ("POST", "/v1/admin/holds"): ADMIN,
+    ("GET", "/v1/admin/holds"): READERS,
+    ("POST", "/v1/admin/holds/{hold_id}/release"): ADMIN,
+    ("POST", "/v1/admin/erasure"): ADMIN,
+    ("POST", "/v1/admin/retention/run"): ADMIN,
 }
 
 

@@ -1,0 +1,1 @@
+"""Privacy: legal holds, retention, erasure by data subject."""

@@ -1,0 +1,191 @@
+"""Every endpoint of the OpenAPI schema x every role (and no key) x own / other tenant.
+
+The expected outcome comes from the one declared access table (service/tenancy/access.py):
+no key → 401 unless the endpoint is public; a role the table does not list → 403; an allowed
+role → the call works on its own tenant's objects, and another tenant's objects are
+indistinguishable from missing ones (404). An endpoint added without a rule in the table, or
+without a call described here, fails this test.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.tenancy.access import ACCESS, PUBLIC
+from service.tenancy.models import Role
+from tests.conftest import TenantKeys, new_tenant
+from tests.support.servers import GatewayServer
+
+
+@dataclass
+class Objects:
+    """Objects of the owning tenant that path parameters point at."""
+
+    record_id: str
+    tree_size: int
+    hold_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Call:
+    """How to call an endpoint: path parameters, query, JSON body, and whether its object
+    belongs to a tenant (so another tenant must get 404)."""
+
+    params: Callable[[Objects], dict[str, Any]] = lambda _: {}
+    query: Callable[[Objects], dict[str, Any]] = lambda _: {}
+    body: Callable[[Objects], dict[str, Any] | None] = lambda _: None
+    tenant_object: bool = False
+    ok: frozenset[int] = frozenset({200})
+
+
+CALLS: dict[tuple[str, str], Call] = {
+    ("GET", "/healthz"): Call(),
+    ("GET", "/readyz"): Call(),
+    ("POST", "/v1/chat/completions"): Call(
+        body=lambda _: {"model": "echo", "messages": [{"role": "user", "content": "matrix"}]}
+    ),
+    ("GET", "/v1/models"): Call(),
+    ("GET", "/v1/audit/records/{record_id}"): Call(
+        params=lambda o: {"record_id": o.record_id}, tenant_object=True
+    ),
+    ("GET", "/v1/audit/records"): Call(query=lambda _: {"limit": 1}),
+    ("GET", "/.well-known/jwks.json"): Call(),
+    ("GET", "/v1/audit/checkpoints/latest"): Call(),
+    ("GET", "/v1/audit/checkpoints/{size}"): Call(params=lambda o: {"size": o.tree_size}),
+    ("GET", "/v1/audit/records/{record_id}/proof"): Call(
+        params=lambda o: {"record_id": o.record_id}, tenant_object=True
+    ),
+    ("GET", "/v1/audit/consistency"): Call(query=lambda o: {"from": 1, "to": o.tree_size}),
+    ("GET", "/v1/policies"): Call(),
+    ("POST", "/v1/admin/policies/reload"): Call(),
+    ("POST", "/v1/admin/holds"): Call(
+        body=lambda _: {"scope": "route", "value": "matrix-route", "reason": "matrix"},
+        ok=frozenset({201}),
+    ),
+    ("GET", "/v1/admin/holds"): Call(),
+    ("POST", "/v1/admin/holds/{hold_id}/release"): Call(
+        # own admin releases it (first allowed call), the other tenant's admin gets 404
+        params=lambda o: {"hold_id": o.hold_ids[0]},
+        body=lambda _: {"reason": "matrix"},
+        tenant_object=True,
+    ),
+    ("POST", "/v1/admin/erasure"): Call(
+        body=lambda _: {"subject": f"nobody-{uuid.uuid4().hex[:6]}", "reason": "matrix"}
+    ),
+    ("POST", "/v1/admin/retention/run"): Call(body=lambda _: {"dry_run": True}),
+}
+
+ROLES: list[Role | None] = [None, Role.app, Role.auditor, Role.admin]
+
+
+def _key(keys: TenantKeys, role: Role | None) -> str | None:
+    return None if role is None else getattr(keys, role.value)
+
+
+def _request(
+    client: httpx.Client,
+    gateway: GatewayServer,
+    method: str,
+    path: str,
+    call: Call,
+    objects: Objects,
+    key: str | None,
+) -> httpx.Response:
+    url = gateway.url + path.format(**call.params(objects))
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return client.request(
+        method, url, params=call.query(objects), json=call.body(objects), headers=headers
+    )
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[httpx.Client]:
+    # one client: creating one per request costs more than the requests (its TLS context)
+    with httpx.Client(timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def owner(sessions: sessionmaker[Session]) -> TenantKeys:
+    return new_tenant(sessions)
+
+
+@pytest.fixture(scope="module")
+def stranger(sessions: sessionmaker[Session]) -> TenantKeys:
+    return new_tenant(sessions)
+
+
+@pytest.fixture(scope="module")
+def objects(gateway: GatewayServer, owner: TenantKeys) -> Objects:
+    tenant = owner
+    app = {"Authorization": f"Bearer {tenant.app}"}
+    body = {"model": "echo", "messages": [{"role": "user", "content": "owned"}]}
+    record_id = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=app).json()[
+        "provenance"
+    ]["audit_id"]
+    deadline = time.monotonic() + 20
+    while (
+        proof := httpx.get(f"{gateway.url}/v1/audit/records/{record_id}/proof", headers=app)
+    ).status_code != 200:
+        assert time.monotonic() < deadline, proof.text
+        time.sleep(0.1)
+    admin = {"Authorization": f"Bearer {tenant.admin}"}
+    holds = [
+        httpx.post(
+            f"{gateway.url}/v1/admin/holds",
+            json={"scope": "subject", "value": f"held-{i}", "reason": "matrix"},
+            headers=admin,
+        ).json()["id"]
+        for i in range(1)
+    ]
+    return Objects(record_id, proof.json()["tree_size"], holds)
+
+
+def test_every_endpoint_has_a_rule_and_a_described_call(gateway: GatewayServer) -> None:
+    schema = httpx.get(f"{gateway.url}/openapi.json").json()
+    endpoints = {(m.upper(), p) for p, ops in schema["paths"].items() for m in ops}
+    assert endpoints - set(ACCESS) == set(), "endpoints without an access rule"
+    assert endpoints - set(CALLS) == set(), "endpoints this matrix does not call"
+    assert set(ACCESS) - endpoints == set(), "access rules for endpoints that do not exist"
+
+
+@pytest.mark.parametrize("endpoint", sorted(CALLS), ids=lambda e: f"{e[0]} {e[1]}")
+def test_route_role_tenant_matrix(
+    gateway: GatewayServer,
+    client: httpx.Client,
+    owner: TenantKeys,
+    stranger: TenantKeys,
+    objects: Objects,
+    endpoint: tuple[str, str],
+) -> None:
+    method, path = endpoint
+    call = CALLS[endpoint]
+    allowed = ACCESS[endpoint]
+    outcomes = []
+    for keys, whose in ((owner, "own"), (stranger, "other")):
+        for role in ROLES:
+            resp = _request(client, gateway, method, path, call, objects, _key(keys, role))
+            if allowed == PUBLIC:
+                expected = call.ok
+            elif role is None:
+                expected = frozenset({401})
+            elif role not in allowed:
+                expected = frozenset({403})
+            elif whose == "other" and call.tenant_object:
+                expected = frozenset({404})
+            else:
+                expected = call.ok
+            outcomes.append((whose, role, resp.status_code, expected))
+            assert resp.status_code in expected, (whose, role, resp.status_code, resp.text[:300])
+            if resp.status_code >= 400:
+                error = resp.json()["error"]
+                assert set(error) >= {"message", "type", "code"} and "Traceback" not in resp.text
+    assert len(outcomes) == 2 * len(ROLES)

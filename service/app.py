@@ -13,12 +13,12 @@ from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from service import __version__
 from service.config import RoutesFile, Settings, load_routes
 from service.db.engine import make_engine, make_sessionmaker
-from service.errors import ProvenantError, install_handlers
+from service.errors import HeadersTooLarge, ProvenantError, error_response, install_handlers
 from service.gateway import endpoints as gateway_endpoints
 from service.gateway.backends.openai import OpenAIBackend, new_client_session
 from service.gateway.fastpath import is_chat_completion, serve_chat_completion
@@ -35,8 +35,27 @@ from service.policies.service import Policies, bundle_path, load_engine
 from service.privacy import endpoints as privacy_endpoints
 from service.privacy.erasure import retain_periodically
 from service.tenancy.auth import KeyResolver
+from service.tenancy.limits import RateLimiter
 
 log = logging.getLogger("provenant")
+
+
+# on every response but the chat fast path's (an API answer): no sniffing, no framing, no caching
+API_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+UI_HEADERS = [
+    *API_HEADERS,
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        b"frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    ),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
 
 
 class Gateway(FastAPI):
@@ -49,12 +68,30 @@ class Gateway(FastAPI):
     """
 
     fast_path = True
+    max_header_bytes = 32 * 1024
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes
+        ):
+            await error_response(
+                HeadersTooLarge(f"request headers exceed {self.max_header_bytes} bytes")
+            )(scope, receive, send)
+            return
         if self.fast_path and is_chat_completion(scope):
             await serve_chat_completion(self.state, scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        extra = UI_HEADERS if scope["path"].startswith("/ui") else API_HEADERS
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await super().__call__(scope, receive, send_with_headers)
 
 
 def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
@@ -86,7 +123,14 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
         app.state.settings = settings
         app.state.sessions = sessions
         app.state.writer = writer
-        app.state.keys = KeyResolver(sessions, settings.key_cache_ttl_s)
+        app.state.keys = KeyResolver(
+            sessions,
+            settings.key_cache_ttl_s,
+            RateLimiter(
+                settings.rate_limit_rps,
+                settings.rate_limit_burst or int(2 * settings.rate_limit_rps),
+            ),
+        )
         app.state.sealer = sealer
         app.state.policies = policies
         app.state.pipeline = Pipeline(
@@ -117,6 +161,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
         summary="Audit and provenance gateway for LLM answers",
         lifespan=lifespan,
     )
+    app.max_header_bytes = settings.max_header_bytes
     install_handlers(app)
     app.include_router(health_router)
     app.include_router(gateway_endpoints.router)

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     policy_bundle: Path | None = Field(
         default=None, description="policy bundle YAML; default policies/default.yaml if present"
     )
+    rate_limit_rps: float = Field(
+        default=0, ge=0, description="requests per second per API key; 0 = no limit"
+    )
+    rate_limit_burst: int = Field(default=0, ge=0, description="burst per key; 0 = 2 x rate")
+    max_json_depth: int = Field(default=64, ge=4, le=512)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
     # privacy
     retention_floor_days: int = Field(
         default=183, ge=0, description="no content younger than this is erased by retention"

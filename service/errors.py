@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -66,6 +66,12 @@ class PayloadTooLarge(ProvenantError):
     code = "payload_too_large"
 
 
+class HeadersTooLarge(ProvenantError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
+
+
 class ClientClosedRequest(ProvenantError):
     """The client went away before its request was read; nobody is left to answer."""
 
@@ -108,6 +114,14 @@ class PolicyBlocked(ProvenantError):
     status = 403
     type = "invalid_request_error"
     code = "policy_blocked"
+
+
+class RateLimited(ProvenantError):
+    """The key sent more requests than its rate limit allows."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class LegalHoldActive(ProvenantError):
@@ -182,6 +196,8 @@ def response_for(exc: Exception) -> Response:
     if isinstance(exc, OperationalError | InterfaceError):
         log.error("lineage store error: %s", type(exc).__name__)
         return error_response(StoreUnavailable("lineage store unavailable"))
+    if isinstance(exc, DataError):  # a value from the request the store cannot hold (e.g. NUL)
+        return error_response(InvalidRequest("a value in the request cannot be stored"))
     log.exception("unhandled error", exc_info=exc)
     return error_response(ProvenantError("internal error"))
 
@@ -211,4 +227,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(OperationalError, on_error)
     app.add_exception_handler(InterfaceError, on_error)
+    app.add_exception_handler(DataError, on_error)
     app.add_exception_handler(Exception, on_error)

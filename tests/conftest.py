@@ -5,6 +5,8 @@ Storage-touching tests run twice, on SQLite and on PostgreSQL (``backend`` param
 
 from __future__ import annotations
 
+import logging
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,9 +21,24 @@ from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
 from service.tenancy.service import create_key
 from tests.support.db import create_postgres_database, drop_postgres_database, postgres_admin_url
+from tests.support.secrets import ISSUED, LOGS, UPSTREAM_KEY, UPSTREAM_KEY_ENV, scan
 from tests.support.servers import GatewayServer, UpstreamServer
 
 QUICK = Timeouts(connect=2, read=0.5, total=5)
+os.environ[UPSTREAM_KEY_ENV] = UPSTREAM_KEY
+
+
+@pytest.fixture(scope="session", autouse=True)
+def captured_logs() -> Iterator[None]:
+    """Every log line of the suite, scanned for secrets with the session databases."""
+    root = logging.getLogger()
+    root.addHandler(LOGS)
+    level = root.level
+    if level == logging.NOTSET or level > logging.INFO:
+        root.setLevel(logging.INFO)
+    yield
+    root.removeHandler(LOGS)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +67,12 @@ def routes_for(upstream_url: str) -> RoutesFile:
             route("cut", "cut-stream"),
             route("stall", "stall-stream", QUICK),
             route("drip", "drip-100"),
+            OpenAIRoute(
+                name="keyed",
+                upstream=upstream_url,
+                upstream_model="echo-1",
+                api_key_env=UPSTREAM_KEY_ENV,
+            ),
         ]
     )
 
@@ -64,13 +87,25 @@ def database_url(
         url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'provenant.db'}"
         upgrade(url)
         yield url
+        _no_secrets(url)
         return
     admin = postgres_admin_url()
     if admin is None:
         pytest.skip("PROVENANT_TEST_POSTGRES_URL not set (CI sets it and requires PostgreSQL)")
     url = create_postgres_database(admin)
     yield url
-    drop_postgres_database(admin, url)
+    try:
+        _no_secrets(url)
+    finally:
+        drop_postgres_database(admin, url)
+
+
+def _no_secrets(url: str) -> None:
+    """After the whole session on this database: no API key, upstream key or Authorization
+    value the suite used is stored in any table or in any log line."""
+    assert len(ISSUED) > 0, "the scan must look for the keys the suite issued"
+    leaks = scan(url)
+    assert not leaks, f"secrets stored or logged: {leaks}"
 
 
 @pytest.fixture(scope="session")
@@ -112,6 +147,7 @@ def new_tenant(sessions: sessionmaker[Session]) -> TenantKeys:
             role: create_key(session, tenant=name, role=role).key
             for role in ("app", "auditor", "admin")
         }
+        ISSUED.extend(keys.values())
         session.commit()
     return TenantKeys(name, keys["app"], keys["auditor"], keys["admin"])
 

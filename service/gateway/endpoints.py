@@ -46,7 +46,7 @@ async def chat_completions(
     body = await read_json_body(
         request.receive, request.headers.get("content-length"), settings.max_body_bytes
     )
-    check_chat_request(body)
+    check_chat_request(body, settings.max_json_depth)
     return await pipeline.chat(principal, body, request.headers.get("traceparent"))
 
 

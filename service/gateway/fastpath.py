@@ -41,7 +41,7 @@ async def serve_chat_completion(state: Any, scope: Scope, receive: Receive, send
     try:
         principal = await check_access(state.keys, "POST", PATH, authorization or "")
         body = await read_json_body(receive, content_length, state.settings.max_body_bytes)
-        check_chat_request(body)
+        check_chat_request(body, state.settings.max_json_depth)
         response = await state.pipeline.chat(principal, body, traceparent)
     except Exception as exc:  # rendered exactly as the app's exception handlers would
         response = response_for(exc)

@@ -44,6 +44,8 @@ async def read_json_body(
         raw = b"".join(chunks)
     if not raw:
         raise InvalidRequest("request body is empty; send a JSON object")
+    if b"\\u0000" in raw:  # no audit store holds NUL in text (PostgreSQL refuses it)
+        raise InvalidRequest("request body contains a NUL character (\\u0000)")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -53,8 +55,24 @@ async def read_json_body(
     return body
 
 
-def check_chat_request(body: dict[str, Any]) -> None:
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether JSON containers nest deeper than ``limit`` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+    return False
+
+
+def check_chat_request(body: dict[str, Any], max_depth: int = 64) -> None:
     """Refuse bodies no upstream could answer, with the offending parameter named."""
+    if too_deep(body, max_depth):
+        raise InvalidRequest(f"request body nests deeper than {max_depth} levels")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a non-empty string", param="model")

@@ -106,6 +106,10 @@ class Exchange:
         messages = self.body.get("messages") or []
         answer = answer_text(choices)
         self.delivered_sha256 = sha256_text(answer)
+        if b"\\u0000" in orjson.dumps(choices):
+            # what an upstream sent may hold NUL, which no audit store keeps in text
+            choices = redact_json(choices, _no_nul)
+            answer = answer_text(choices)
         if self.content_mode == "redacted" and self.redact is not None:
             messages = redact_json(messages, self.redact)
             choices = redact_json(choices, self.redact)
@@ -127,7 +131,7 @@ class Exchange:
             "status": status.value,
             "http_status": http_status,
             "error_code": error_code,
-            "error_message": error_message,
+            "error_message": None if error_message is None else _no_nul(error_message),
             "stream": self.stream,
             "params": {k: v for k, v in self.body.items() if k not in _NOT_PARAMS},
             "prompt": prompt,
@@ -206,7 +210,12 @@ def _uuid7_bytes() -> bytes:
 
 def _clip(value: Any, size: int) -> str | None:
     """Bound a string from outside (an upstream's model name, finish reason) to its column."""
-    return value[:size] if isinstance(value, str) else None
+    return _no_nul(value[:size]) if isinstance(value, str) else None
+
+
+def _no_nul(text: str) -> str:
+    """NUL replaced by U+FFFD (PostgreSQL text cannot hold NUL)."""
+    return text.replace("\x00", "\ufffd")
 
 
 def parse_traceparent(header: str | None) -> tuple[str | None, str | None]:

@@ -16,6 +16,7 @@ from service.errors import Forbidden, StoreUnavailable, Unauthenticated
 from service.tenancy import repository
 from service.tenancy.access import allowed_roles
 from service.tenancy.keys import matches, parse_prefix
+from service.tenancy.limits import RateLimiter
 from service.tenancy.models import Role
 
 _CACHE_LIMIT = 10_000
@@ -46,10 +47,13 @@ class KeyResolver:
     bad keys does not reach the database more than once per prefix and ttl.
     """
 
-    def __init__(self, sessions: sessionmaker[Session], ttl: float) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], ttl: float, limiter: RateLimiter | None = None
+    ) -> None:
         self._sessions = sessions
         self._ttl = ttl
         self._cache: dict[str, _Entry] = {}
+        self.limiter = limiter or RateLimiter(0, 1)
 
     def _load(self, prefix: str) -> _Entry:
         with self._sessions() as session:
@@ -106,6 +110,7 @@ async def check_access(
     if principal.role not in roles:
         allowed = ", ".join(sorted(r.value for r in roles))
         raise Forbidden(f"role '{principal.role}' may not call this endpoint (needs: {allowed})")
+    resolver.limiter.take(principal.key_id)
     return principal
 
 

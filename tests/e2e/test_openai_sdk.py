@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import TenantKeys
+from tests.support.secrets import UPSTREAM_KEY
 from tests.support.servers import GatewayServer, UpstreamServer
 
 MESSAGES = [
@@ -179,3 +180,15 @@ def test_models_lists_routes(gateway: GatewayServer, tenant: TenantKeys) -> None
     with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=tenant.app) as via:
         names = {m.id for m in via.models.list()}
     assert {"echo", "fail", "drip"} <= names
+
+
+def test_the_routes_upstream_key_goes_upstream_and_nowhere_else(
+    gateway: GatewayServer, upstream: UpstreamServer, tenant: TenantKeys
+) -> None:
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=tenant.app) as via:
+        got = via.chat.completions.create(model="keyed", messages=MESSAGES)
+    sent = upstream.requests[-1]
+    assert sent["authorization"] == f"Bearer {UPSTREAM_KEY}"  # read from the env at call time
+    record = fetch_record(gateway, tenant.auditor, got.model_extra["provenance"]["audit_id"])
+    assert UPSTREAM_KEY not in str(record) and tenant.app not in str(record)
+    # the session's database and logs are scanned for it at the end (tests/conftest.py)

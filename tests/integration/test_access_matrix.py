@@ -63,7 +63,9 @@ CALLS: dict[tuple[str, str], Call] = {
     ("GET", "/v1/audit/records/{record_id}/proof"): Call(
         params=lambda o: {"record_id": o.record_id}, tenant_object=True
     ),
-    ("GET", "/v1/audit/consistency"): Call(query=lambda o: {"from": 1, "to": o.tree_size}),
+    ("GET", "/v1/audit/consistency"): Call(
+        query=lambda o: {"from": o.tree_size, "to": o.tree_size}
+    ),
     ("GET", "/v1/policies"): Call(),
     ("POST", "/v1/admin/policies/reload"): Call(),
     ("POST", "/v1/admin/holds"): Call(

@@ -119,3 +119,37 @@ def test_check_chat_request_accepts_a_full_openai_request() -> None:
             "seed": 1,
         }
     )
+
+
+def test_nul_from_an_upstream_is_stored_as_replacement_but_the_receipt_hashes_the_original() -> (
+    None
+):
+    principal = Principal(uuid.uuid4(), "p", uuid.uuid4(), "t", Role.app)
+    ex = Exchange(principal, "r", "openai", {"model": "r", "messages": []}, "m")
+    choices = [{"index": 0, "message": {"role": "assistant", "content": "a\x00b"}}]
+    row = ex.record_row(
+        status=RecordStatus.ok,
+        http_status=200,
+        latency_ms=1.0,
+        choices=choices,
+        error_message="bad\x00",
+        response_model="m\x00",
+    )
+    assert row["answer"] == "a\ufffdb" and "\x00" not in str(row["choices"])
+    assert row["error_message"] == "bad\ufffd" and row["response_model"] == "m\ufffd"
+    assert ex.delivered_sha256 == hashlib.sha256(b"a\x00b").hexdigest()
+    assert row["answer_sha256"] == hashlib.sha256("a\ufffdb".encode()).hexdigest()
+
+
+def test_a_nul_in_the_request_body_is_refused() -> None:
+    import asyncio
+
+    from service.gateway.requests import read_json_body
+
+    body = b'{"model": "r", "messages": [{"role": "user", "content": "a\\u0000"}]}'
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    with pytest.raises(InvalidRequest, match="NUL"):
+        asyncio.run(read_json_body(receive, None, 10_000))

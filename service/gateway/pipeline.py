@@ -72,7 +72,7 @@ def _decided(ex: Exchange, outcome: Outcome) -> None:
 
 def _blocked_error(decision: Decision) -> PolicyBlocked:
     policy = decision.policy
-    reason = decision.detail.get("message") or policy.description
+    reason = (decision.detail or {}).get("message") or policy.description
     return PolicyBlocked(f"Blocked by policy '{policy.id}' ({policy.severity}): {reason}")
 
 

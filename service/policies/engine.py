@@ -87,7 +87,7 @@ class Result:
     """What one check found: failed or not (None: does not apply), and why, without values."""
 
     failed: bool | None
-    detail: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] | None = None  # None: nothing to say (most passes)
 
 
 CheckFn = Callable[[Facts, Stage], Result]
@@ -100,29 +100,18 @@ class Decision:
     policy: Policy
     policy_sha256: str
     outcome: str
-    detail: dict[str, Any]
+    detail: dict[str, Any] | None
+    # the per-policy parts of row() and public(), built once per compiled policy
+    row_base: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    public_base: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def row(self) -> dict[str, Any]:
         """The ``policy_decisions`` row (without record id)."""
-        return {
-            "policy_id": self.policy.id,
-            "stage": self.policy.stage.value,
-            "policy_sha256": self.policy_sha256,
-            "outcome": self.outcome,
-            "detail": self.detail,
-        }
+        return {**self.row_base, "outcome": self.outcome, "detail": self.detail}
 
     def public(self) -> dict[str, Any]:
         """The decision as ``provenance.policies`` shows it."""
-        return {
-            "id": self.policy.id,
-            "stage": self.policy.stage.value,
-            "outcome": self.outcome,
-            "severity": self.policy.severity,
-            "frameworks": list(self.policy.frameworks),
-            "sha256": self.policy_sha256,
-            "detail": self.detail,
-        }
+        return {**self.public_base, "outcome": self.outcome, "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +330,19 @@ class _Compiled:
     sha256: str
     run: CheckFn
     redactor: pii.Detector | None
+    row_base: dict[str, Any] = field(default_factory=dict)
+    public_base: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        p = self.policy
+        self.row_base.update(policy_id=p.id, stage=p.stage.value, policy_sha256=self.sha256)
+        self.public_base.update(
+            id=p.id,
+            stage=p.stage.value,
+            severity=p.severity,
+            frameworks=list(p.frameworks),
+            sha256=self.sha256,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,11 +457,11 @@ class Engine:
             if outcome in (FLAGGED, BLOCKED, REDACTED):
                 # what a violations report needs, even after the bundle has changed
                 detail = {
-                    **detail,
+                    **(detail or {}),
                     "severity": policy.severity,
                     "frameworks": list(policy.frameworks),
                 }
-            decision = Decision(policy, c.sha256, outcome, detail)
+            decision = Decision(policy, c.sha256, outcome, detail, c.row_base, c.public_base)
             decisions.append(decision)
             if outcome == BLOCKED and blocked is None:
                 blocked = decision

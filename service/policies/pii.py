@@ -215,6 +215,8 @@ class Detector:
     def find(self, text: str, memo: Memo | None = None) -> list[Finding]:
         """Every confirmed finding, non-overlapping, in text order. With a ``memo``, scans of
         the same text by other detectors are reused."""
+        if len(text) < 6:  # shorter than the shortest address (a@b.co): roles, finish reasons
+            return []
         scan = memo.get(text) if memo is not None else None
         if scan is None:
             scan = Scan(text)

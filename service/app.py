@@ -18,7 +18,7 @@ from service.db.engine import make_engine, make_sessionmaker
 from service.errors import install_handlers
 from service.gateway import endpoints as gateway_endpoints
 from service.gateway.backends.openai import OpenAIBackend, new_client_session
-from service.gateway.fastpath import is_chat_completion, serve_chat_completion
+from service.gateway.fastpath import PATH, is_chat_completion, serve_chat_completion
 from service.gateway.pipeline import Pipeline
 from service.gateway.writer import AuditWriter
 from service.health import router as health_router
@@ -27,6 +27,10 @@ from service.integrity import signing
 from service.integrity.log import Sealer, seal_periodically
 from service.integrity.receipts import Receipts
 from service.lineage import endpoints as lineage_endpoints
+from service.telemetry import endpoints as telemetry_endpoints
+from service.telemetry.http import HttpObserver
+from service.telemetry.metrics import Metrics
+from service.telemetry.tracing import Tracing
 from service.tenancy.auth import KeyResolver
 
 log = logging.getLogger("provenant")
@@ -44,23 +48,36 @@ class Gateway(FastAPI):
     fast_path = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.fast_path and is_chat_completion(scope):
-            await serve_chat_completion(self.state, scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
+        # every HTTP request is timed, counted and traced (telemetry.http) around its handler
+        observer: HttpObserver | None = getattr(self.state, "observer", None)
+        if scope["type"] != "http" or observer is None:
+            await super().__call__(scope, receive, send)
+        elif self.fast_path and is_chat_completion(scope):
+            await observer.observe(scope, receive, send, self._serve_chat, PATH)
+        else:
+            await observer.observe(scope, receive, send, super().__call__, None)
+
+    async def _serve_chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serve_chat_completion(self.state, scope, receive, send)
 
 
-def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
-    """Build the gateway for these settings (routes read from ``settings.config`` if not given)."""
+def create_app(
+    settings: Settings, routes: RoutesFile | None = None, *, tracing: Tracing | None = None
+) -> Gateway:
+    """Build the gateway for these settings (routes read from ``settings.config`` if not given;
+    tracing from the standard ``OTEL_*`` variables if not given)."""
     routes = routes if routes is not None else load_routes(settings.config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracer = tracing if tracing is not None else Tracing.from_environment()
+        metrics = Metrics()
         engine = make_engine(settings.database_url)
         writer = AuditWriter(
             engine,
             max_batch=settings.writer_max_batch,
             probe_interval_s=settings.store_probe_interval_s,
+            on_batch=metrics.observe_commit,
         )
         await run_in_threadpool(writer.start)
         if not writer.healthy:
@@ -72,8 +89,12 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
             signing.load_or_create(key_path, create=may_create), settings.log_origin
         )
         sealer = Sealer(engine, signer)
-        sealing = asyncio.create_task(seal_periodically(sealer, settings.seal_interval_s))
+        sealing = asyncio.create_task(
+            seal_periodically(sealer, settings.seal_interval_s, metrics.observe_seal)
+        )
+        metrics.watch_store(engine, writer)
         app.state.settings = settings
+        app.state.metrics = metrics
         app.state.sessions = sessions
         app.state.writer = writer
         app.state.keys = KeyResolver(sessions, settings.key_cache_ttl_s)
@@ -83,7 +104,10 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
             OpenAIBackend(http),
             writer,
             Receipts(signer, settings.max_merge_delay_s),
+            tracing=tracer,
+            metrics=metrics,
         )
+        app.state.observer = HttpObserver(tracer, metrics)
         app.state.draining = False
         try:
             yield
@@ -95,6 +119,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
             await http.close()
             await run_in_threadpool(writer.stop)
             engine.dispose()
+            await run_in_threadpool(tracer.shutdown)  # flush the last spans
 
     app = Gateway(
         title="Provenant",
@@ -107,6 +132,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
     app.include_router(gateway_endpoints.router)
     app.include_router(lineage_endpoints.router)
     app.include_router(integrity_endpoints.router)
+    app.include_router(telemetry_endpoints.router)
     return app
 
 

@@ -95,7 +95,7 @@ def _session() -> Session:
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="tenant name (created if new)")],
-    role: Annotated[str, typer.Option(help="app, auditor or admin")],
+    role: Annotated[str, typer.Option(help="app, auditor, admin or metrics")],
     label: Annotated[str | None, typer.Option(help="a note for humans")] = None,
 ) -> None:
     """Create a key. The key is printed once, alone on the last line of stdout."""

@@ -11,8 +11,12 @@ from typing import Final
 from service.tenancy.models import Role
 
 PUBLIC: Final = frozenset[Role]()
-ANY_ROLE: Final = frozenset(Role)
+# every role that acts on a tenant's behalf: a `metrics` key is a scraper's and reads nothing else
+ANY_ROLE: Final = frozenset({Role.app, Role.auditor, Role.admin})
 READERS: Final = frozenset({Role.auditor, Role.admin})
+# GET /metrics: cluster-wide counts (no tenant labels, no content), still not public — they show
+# traffic volumes, routes and upstream health; a dedicated key keeps Prometheus least-privileged
+SCRAPERS: Final = frozenset({Role.metrics})
 
 ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     ("GET", "/healthz"): PUBLIC,
@@ -26,6 +30,7 @@ ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     ("GET", "/v1/audit/checkpoints/{size}"): ANY_ROLE,
     ("GET", "/v1/audit/records/{record_id}/proof"): ANY_ROLE,
     ("GET", "/v1/audit/consistency"): ANY_ROLE,
+    ("GET", "/metrics"): SCRAPERS,
 }
 
 

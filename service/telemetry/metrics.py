@@ -44,6 +44,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _COMMIT = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
 
 
 def multiprocess() -> bool:
@@ -57,6 +60,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self._live: list[Collector] = []
+        # labelled children by label values: one dict look-up per request instead of a
+        # ``labels()`` call (argument checks, string conversions, a lock) per instrument
+        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._answer: dict[tuple[str, str, bool], tuple[Any, Any, Any, Any]] = {}
         self.http_requests = Counter(
             "provenant_http_requests",
             "HTTP requests served, by method, route template and status",
@@ -131,9 +138,17 @@ class Metrics:
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """One HTTP request served."""
-        code = str(status)
-        self.http_requests.labels(method, route, code).inc()
-        self.http_duration.labels(method, route, code).observe(seconds)
+        key = (method, route, status)
+        children = self._http.get(key)
+        if children is None:
+            label = method if method in _METHODS else "_OTHER"  # as the HTTP conventions do
+            code = str(status)
+            children = self._http[key] = (
+                self.http_requests.labels(label, route, code),
+                self.http_duration.labels(label, route, code),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_answer(
         self,
@@ -146,13 +161,22 @@ class Metrics:
         output_tokens: int | None,
     ) -> None:
         """One answer recorded (any status), with its upstream time and token usage."""
-        self.answers.labels(route, status).inc()
+        key = (route, status, stream)
+        children = self._answer.get(key)
+        if children is None:
+            children = self._answer[key] = (
+                self.answers.labels(route, status),
+                self.upstream_duration.labels(route, "true" if stream else "false"),
+                self.tokens.labels(route, "input"),
+                self.tokens.labels(route, "output"),
+            )
+        children[0].inc()
         if upstream_s is not None:
-            self.upstream_duration.labels(route, "true" if stream else "false").observe(upstream_s)
+            children[1].observe(upstream_s)
         if input_tokens:
-            self.tokens.labels(route, "input").inc(input_tokens)
+            children[2].inc(input_tokens)
         if output_tokens:
-            self.tokens.labels(route, "output").inc(output_tokens)
+            children[3].inc(output_tokens)
 
     def observe_commit(self, batch_size: int, seconds: float) -> None:
         """One group-commit transaction (the writer's ``on_batch``; called on its thread)."""

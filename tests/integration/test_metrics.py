@@ -185,3 +185,13 @@ def test_policy_outcomes_are_counted_per_policy_stage_and_outcome() -> None:
     name = "provenant_policy_decisions_total"
     assert value(samples, name, policy="no-pii", stage="pre", outcome="block") == 2
     assert value(samples, name, policy="cite-sources", stage="post", outcome="allow") == 1
+
+
+def test_label_values_stay_bounded_whatever_clients_send() -> None:
+    metrics = Metrics()
+    metrics.observe_http("BREW", "unmatched", 405, 0.001)
+    metrics.observe_http("POST", "unmatched", 404, 0.001)
+    samples = parse(metrics.exposition(None)[0].decode())
+    total = "provenant_http_requests_total"
+    assert value(samples, total, method="_OTHER", route="unmatched", status="405") == 1
+    assert value(samples, total, method="POST", route="unmatched", status="404") == 1

@@ -47,10 +47,12 @@ def serve(
     import uvicorn
 
     from service.config import load_routes
+    from service.telemetry.tracing import exporter_names
 
     settings = _settings()
     try:
         routes = load_routes(settings.config)
+        exporter_names(os.environ)
     except ProvenantError as exc:
         _fail(exc)
     err.print(f"routes from {settings.config}: {', '.join(r.name for r in routes.routes)}")

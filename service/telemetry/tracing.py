@@ -426,20 +426,24 @@ def _resource() -> Resource:
     return resource
 
 
-def _exporters(environ: Mapping[str, str]) -> list[SpanExporter]:
+def exporter_names(environ: Mapping[str, str]) -> list[str]:
+    """The trace exporters the standard variables ask for (``otlp``, ``console``), checked:
+    ConfigError for one Provenant does not ship. ``provenant serve`` calls it before starting."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return []
     endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
-    names = environ.get("OTEL_TRACES_EXPORTER") or ("otlp" if endpoint else "none")
-    exporters: list[SpanExporter] = []
-    for name in (n.strip().lower() for n in names.split(",")):
+    asked = environ.get("OTEL_TRACES_EXPORTER") or ("otlp" if endpoint else "none")
+    names = []
+    for name in (n.strip().lower() for n in asked.split(",")):
         if name in ("", "none"):
             continue
-        if name == "console":
-            exporters.append(ConsoleSpanExporter())
-        elif name == "otlp":
+        if name not in ("otlp", "console"):
+            raise ConfigError(
+                f"OTEL_TRACES_EXPORTER={name!r} is not supported (use otlp, console or none)"
+            )
+        if name == "otlp":
             protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get(
                 "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
             )
@@ -448,11 +452,17 @@ def _exporters(environ: Mapping[str, str]) -> list[SpanExporter]:
                     f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported: Provenant "
                     "exports OTLP over http/protobuf (a collector's port 4318)"
                 )
+        names.append(name)
+    return names
+
+
+def _exporters(environ: Mapping[str, str]) -> list[SpanExporter]:
+    exporters: list[SpanExporter] = []
+    for name in exporter_names(environ):
+        if name == "console":
+            exporters.append(ConsoleSpanExporter())
+        else:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporters.append(OTLPSpanExporter())
-        else:
-            raise ConfigError(
-                f"OTEL_TRACES_EXPORTER={name!r} is not supported (use otlp, console or none)"
-            )
     return exporters

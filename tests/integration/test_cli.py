@@ -137,3 +137,11 @@ def test_serve_in_a_fresh_process_answers_with_a_receipt_and_seals_it(
     assert (tmp_path / "data" / "signing-key.pem").stat().st_mode & 0o777 == 0o600
     verified = run(env, "verify")
     assert verified.stdout.startswith("OK: 2 entries"), verified.stdout  # key event + answer
+
+
+def test_serve_refuses_a_trace_exporter_it_does_not_ship(env: dict[str, str]) -> None:
+    grpc = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}
+    grpc["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
+    refused = run(grpc, "serve", "--port", "1", ok=False)
+    assert refused.returncode == 2
+    assert "http/protobuf" in refused.stderr and "Traceback" not in refused.stderr

@@ -18,6 +18,7 @@ their own in-memory exporters.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -395,7 +396,10 @@ def _request_attributes(body: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+@functools.lru_cache(maxsize=256)
 def _server_of(upstream: str) -> dict[str, Any]:
+    """``server.address`` / ``server.port`` of an upstream base URL (parsed once per route;
+    callers copy the dict, never change it)."""
     parts = urlsplit(upstream)
     out: dict[str, Any] = {}
     if parts.hostname:

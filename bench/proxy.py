@@ -472,6 +472,13 @@ def count_postgres(url: str) -> int:
         return int(row[0]) if row else 0
 
 
+def sink_counts(url: str) -> dict[str, int]:
+    """What ``otlp_sink.py`` at ``url`` has received so far."""
+    with _NO_PROXY_OPENER.open(f"{url}/count", timeout=5) as resp:
+        counts: dict[str, int] = json.loads(resp.read())
+    return counts
+
+
 def extract_revision(rev: str, into: Path) -> Path:
     """The ``service`` package and migrations at git revision ``rev``, in ``into``."""
     into.mkdir(parents=True, exist_ok=True)
@@ -1028,17 +1035,19 @@ def main() -> int:
                 t.info += f", PostgreSQL (local), {what}"
                 sink = extra.get("OTEL_EXPORTER_OTLP_ENDPOINT")
                 if sink is not None:
+                    before = sink_counts(sink)
 
                     def exported() -> str:
-                        with _NO_PROXY_OPENER.open(f"{sink}/count", timeout=5) as resp:
-                            counts = json.loads(resp.read())
+                        counts = sink_counts(sink)
+                        spans = counts["spans"] - before["spans"]
+                        exports = counts["requests"] - before["requests"]
                         records = count_postgres(pg_url)
                         # server, chat and audit-commit spans per answer
                         return (
                             f"{name}: {records} audit records committed; the sink received "
-                            f"{counts['spans']} spans in {counts['requests']} exports "
-                            f"({counts['spans'] / max(records, 1):.2f} per answer; 3 when "
-                            "every trace is sampled and none is dropped)"
+                            f"{spans} spans from it in {exports} exports "
+                            f"({spans / max(records, 1):.2f} per answer; 3 when every trace is "
+                            "sampled and none is dropped)"
                         )
 
                     t.after = exported

@@ -82,13 +82,15 @@ class Processes:
         self.servers_cpus = servers_cpus
         self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, cmd: list[str], env: dict[str, str], cwd: Path = ROOT
+    ) -> subprocess.Popen[bytes]:
         if self.servers_cpus:
             cmd = ["taskset", "-c", self.servers_cpus, *cmd]
         out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         log(f"start {name}: {shlex.join(cmd)}")
         proc = subprocess.Popen(
-            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
         )
         out.close()
         self._procs.append((name, proc))
@@ -141,6 +143,22 @@ def group_cpu_seconds(pgid: int) -> float:
         if int(fields[2]) == pgid:  # field 5, pgrp
             total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
     return total / _CLK_TCK
+
+
+def group_peak_rss_mib(pgid: int) -> float:
+    """Largest peak resident set (VmHWM) among the live processes of group ``pgid``, MiB."""
+    peak = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            status = (stat.parent / "status").read_text()
+        except (OSError, IndexError, ValueError):
+            continue
+        match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+        if match:
+            peak = max(peak, int(match.group(1)))
+    return peak / 1024
 
 
 def free_port() -> int:
@@ -400,25 +418,33 @@ def start_provenant(
     ready_timeout: float,
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
+    code: Path | None = None,
 ) -> Target:
+    """``provenant serve`` set up as an operator would; ``code``: run the ``service`` package
+    extracted there (``--baseline``) instead of this checkout's."""
     data_dir = tmp / name
     data_dir.mkdir(parents=True, exist_ok=True)
     routes = data_dir / "routes.yaml"
     write_routes(routes, upstream)
-    env = {**provenant_env(db_url, routes, data_dir), **(extra_env or {})}
-    subprocess.run([PROVENANT, "migrate"], env=env, check=True, cwd=ROOT, capture_output=True)
+    env = provenant_env(db_url, routes, data_dir)
+    env.update(extra_env or {})
+    provenant, cwd = [PROVENANT], ROOT
+    if code is not None:
+        provenant, cwd = [sys.executable, "-m", "service.cli"], code
+        env["PYTHONPATH"] = str(code)
+    subprocess.run([*provenant, "migrate"], env=env, check=True, cwd=cwd, capture_output=True)
     created = subprocess.run(
-        [PROVENANT, "keys", "create", "--tenant", "bench", "--role", "app"],
+        [*provenant, "keys", "create", "--tenant", "bench", "--role", "app"],
         env=env,
         check=True,
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
     )
     key = created.stdout.strip().splitlines()[-1]
     port = free_port()
-    cmd = [PROVENANT, "serve", "--port", str(port), "--workers", str(workers)]
-    proc = procs.start(name, cmd, env)
+    cmd = [*provenant, "serve", "--port", str(port), "--workers", str(workers)]
+    proc = procs.start(name, cmd, env, cwd)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     wait_ready(procs, name, proc, url, key, ready_timeout)
     info = "1 worker (one process)" if workers == 1 else f"{workers} workers (uvicorn processes)"
@@ -444,6 +470,23 @@ def count_postgres(url: str) -> int:
     with psycopg.connect(url, connect_timeout=5) as conn:
         row = conn.execute("SELECT count(*) FROM audit_records").fetchone()
         return int(row[0]) if row else 0
+
+
+def sink_counts(url: str) -> dict[str, int]:
+    """What ``otlp_sink.py`` at ``url`` has received so far."""
+    with _NO_PROXY_OPENER.open(f"{url}/count", timeout=5) as resp:
+        counts: dict[str, int] = json.loads(resp.read())
+    return counts
+
+
+def extract_revision(rev: str, into: Path) -> Path:
+    """The ``service`` package and migrations at git revision ``rev``, in ``into``."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", rev, "service", "migrations"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def ensure_litellm(spec: str) -> tuple[Path, float]:
@@ -686,6 +729,26 @@ def build_report(
         else:
             cells.append("n/a")
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    untraced_c, untraced_a = get("provenant-postgres", "c"), get("provenant-postgres", "a")
+    variants = ("base", "traced", "sampled")
+    telemetry = [f"provenant-postgres-{v}" for v in variants if get(f"provenant-postgres-{v}", "c")]
+    if untraced_c and untraced_a and telemetry:
+        lines += [
+            "",
+            "### Telemetry: beside `provenant-postgres` (metrics on, tracing off)",
+            "",
+            "| target | req/s c=64 | / provenant-postgres | CPU µs/req c=64 | p50 ms c=1 | "
+            "Δ p50 ms c=1 |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for t in ("provenant-postgres", *telemetry):
+            c, a = get(t, "c"), get(t, "a")
+            assert c is not None
+            lines.append(
+                f"| {t} | {c.rps:.0f} | {c.rps / untraced_c.rps:.3f} | "
+                f"{fmt(c.cpu_us_per_req, 0)} | {fmt(a.p50_ms, 3) if a else 'n/a'} | "
+                f"{fmt(a.p50_ms - untraced_a.p50_ms, 3) if a else 'n/a'} |"
+            )
     bad = [m for m in runner.measurements if not m.ok]
     if bad:
         lines += ["", "**Measurements with errors (their numbers are not trustworthy):**", ""]
@@ -721,6 +784,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64, help="connections for throughput")
     p.add_argument("--skip-litellm", action="store_true", help="leave LiteLLM out")
     p.add_argument("--skip-postgres", action="store_true", help="leave PostgreSQL out")
+    p.add_argument("--skip-sqlite", action="store_true", help="leave the SQLite targets out")
+    p.add_argument(
+        "--tracing",
+        action="store_true",
+        help="add provenant-postgres-traced: tracing on, OTLP/HTTP to a loopback sink "
+        "(bench/otlp_sink.py), beside provenant-postgres (tracing off; metrics on in both)",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="add provenant-postgres-base: the gateway at git revision REV (e.g. the commit "
+        "before a change), extracted with git archive, same store and settings",
+    )
     p.add_argument("--skip-httpx", action="store_true", help="leave the httpx bare proxy out")
     p.add_argument(
         "--pg-admin-url",
@@ -822,6 +898,7 @@ def main() -> int:
         def run_target(t: Target) -> None:
             targets_info[t.name] = t.info
             log(f"measuring {t.name}")
+            measured = False
             try:
                 for sc in t.scenarios:
                     model = MODEL_SLOW if sc == "b" else MODEL_FAST
@@ -832,14 +909,18 @@ def main() -> int:
                         raise RuntimeError("the upstream died during the run")
                     if t.proc is not None and t.proc.poll() is not None:
                         raise RuntimeError(f"{t.name} died during the run")
-                if t.after is not None:
-                    notes.append(t.after())
+                measured = True
             finally:
                 if t.proc is not None:
-                    procs.stop(t.proc)
+                    if t.name.startswith("provenant"):
+                        rss = group_peak_rss_mib(t.proc.pid)
+                        notes.append(f"{t.name}: peak resident memory {rss:.0f} MiB")
+                    procs.stop(t.proc)  # a graceful stop: the gateway flushes its last spans
                     errors = procs.error_lines(t.name)
                     if errors:
                         notes.append(f"{t.name} logged {errors} error lines (see its log)")
+            if measured and t.after is not None:
+                notes.append(t.after())
 
         def attempt(name: str, start: Any) -> None:
             """Start and measure one target; a failure is recorded and the run goes on."""
@@ -888,7 +969,8 @@ def main() -> int:
                 return t
 
             name = f"provenant-sqlite{suffix}"
-            attempt(name, functools.partial(start_sqlite, name, db, workers))
+            if not args.skip_sqlite:
+                attempt(name, functools.partial(start_sqlite, name, db, workers))
 
             if not args.skip_postgres:
                 pg_db = args.pg_db + suffix.replace("-", "_")
@@ -903,6 +985,78 @@ def main() -> int:
 
                 name = f"provenant-postgres{suffix}"
                 attempt(name, functools.partial(start_pg, name, pg_db, pg_url, workers))
+
+        if not args.skip_postgres and (args.tracing or args.baseline):
+            variants: list[tuple[str, dict[str, str], Path | None, str]] = []
+            if args.tracing:
+                sink_port = free_port()
+                procs.start(
+                    "otlp-sink",
+                    [sys.executable, str(BENCH / "otlp_sink.py"), "--port", str(sink_port)],
+                    dict(os.environ),
+                )
+                sink_url = f"http://127.0.0.1:{sink_port}"
+                otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink_url, "OTEL_SERVICE_NAME": "bench"}
+                variants.append(
+                    (
+                        "provenant-postgres-traced",
+                        otlp,
+                        None,
+                        "tracing on: OTLP/HTTP (http/protobuf, batch span processor defaults) "
+                        "to a loopback sink that decodes every export",
+                    )
+                )
+                variants.append(
+                    (
+                        "provenant-postgres-sampled",
+                        {
+                            **otlp,
+                            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+                        },
+                        None,
+                        "tracing on, 10 % of traces sampled (`parentbased_traceidratio`), "
+                        "same sink",
+                    )
+                )
+            if args.baseline:
+                code = extract_revision(args.baseline, tmp / "baseline")
+                variants.append(
+                    ("provenant-postgres-base", {}, code, f"the code at `{args.baseline}`")
+                )
+
+            def start_variant(
+                name: str, extra: dict[str, str], code: Path | None, what: str
+            ) -> Target:
+                pg_db = f"{args.pg_db}_{name.rsplit('-', 1)[1]}"
+                pg_url = args.pg_admin_url.rsplit("/", 1)[0] + f"/{pg_db}"
+                reset_postgres(args.pg_admin_url, pg_db)
+                t = start_provenant(procs, name, pg_url, tmp, upstream, 60, 1, extra, code)
+                t.info += f", PostgreSQL (local), {what}"
+                sink = extra.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                if sink is not None:
+                    before = sink_counts(sink)
+
+                    def exported() -> str:
+                        counts = sink_counts(sink)
+                        spans = counts["spans"] - before["spans"]
+                        exports = counts["requests"] - before["requests"]
+                        records = count_postgres(pg_url)
+                        # server, chat and audit-commit spans per answer
+                        return (
+                            f"{name}: {records} audit records committed; the sink received "
+                            f"{spans} spans from it in {exports} exports "
+                            f"({spans / max(records, 1):.2f} per answer; 3 when every trace is "
+                            "sampled and none is dropped)"
+                        )
+
+                    t.after = exported
+                else:
+                    t.after = lambda: f"{name}: {count_postgres(pg_url)} audit records committed"
+                return t
+
+            for variant in variants:
+                attempt(variant[0], functools.partial(start_variant, *variant))
 
         if not args.skip_litellm:
 

@@ -21,7 +21,7 @@ from service.db.engine import make_engine, make_sessionmaker
 from service.errors import HeadersTooLarge, ProvenantError, error_response, install_handlers
 from service.gateway import endpoints as gateway_endpoints
 from service.gateway.backends.openai import OpenAIBackend, new_client_session
-from service.gateway.fastpath import is_chat_completion, serve_chat_completion
+from service.gateway.fastpath import PATH, is_chat_completion, serve_chat_completion
 from service.gateway.pipeline import Pipeline
 from service.gateway.writer import AuditWriter
 from service.health import router as health_router
@@ -34,6 +34,10 @@ from service.policies import endpoints as policy_endpoints
 from service.policies.service import Policies, bundle_path, load_engine
 from service.privacy import endpoints as privacy_endpoints
 from service.privacy.erasure import retain_periodically
+from service.telemetry import endpoints as telemetry_endpoints
+from service.telemetry.http import HttpObserver
+from service.telemetry.metrics import Metrics
+from service.telemetry.tracing import Tracing
 from service.tenancy.auth import KeyResolver
 from service.tenancy.limits import RateLimiter
 
@@ -71,18 +75,21 @@ class Gateway(FastAPI):
     max_header_bytes = 32 * 1024
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (
-            sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes
-        ):
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
             await error_response(
                 HeadersTooLarge(f"request headers exceed {self.max_header_bytes} bytes")
             )(scope, receive, send)
             return
+        # every HTTP request is timed, counted and traced (telemetry.http) around its handler
+        observer: HttpObserver | None = getattr(self.state, "observer", None)
         if self.fast_path and is_chat_completion(scope):
-            await serve_chat_completion(self.state, scope, receive, send)
-            return
-        if scope["type"] != "http":
-            await super().__call__(scope, receive, send)
+            if observer is None:
+                await self._serve_chat(scope, receive, send)
+            else:
+                await observer.observe(scope, receive, send, self._serve_chat, PATH)
             return
         extra = UI_HEADERS if scope["path"].startswith("/ui") else API_HEADERS
 
@@ -91,22 +98,34 @@ class Gateway(FastAPI):
                 message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
-        await super().__call__(scope, receive, send_with_headers)
+        if observer is None:
+            await super().__call__(scope, receive, send_with_headers)
+        else:
+            await observer.observe(scope, receive, send_with_headers, super().__call__, None)
+
+    async def _serve_chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serve_chat_completion(self.state, scope, receive, send)
 
 
-def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
-    """Build the gateway for these settings (routes read from ``settings.config`` if not given)."""
+def create_app(
+    settings: Settings, routes: RoutesFile | None = None, *, tracing: Tracing | None = None
+) -> Gateway:
+    """Build the gateway for these settings (routes read from ``settings.config`` if not given;
+    tracing from the standard ``OTEL_*`` variables if not given)."""
     routes = routes if routes is not None else load_routes(settings.config)
     policy_file = bundle_path(settings.policy_bundle)
     policies = Policies(policy_file, load_engine(policy_file))  # an invalid bundle stops here
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracer = tracing if tracing is not None else Tracing.from_environment()
+        metrics = Metrics()
         engine = make_engine(settings.database_url)
         writer = AuditWriter(
             engine,
             max_batch=settings.writer_max_batch,
             probe_interval_s=settings.store_probe_interval_s,
+            on_batch=metrics.observe_commit,
         )
         await run_in_threadpool(writer.start)
         if not writer.healthy:
@@ -118,9 +137,13 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
             signing.load_or_create(key_path, create=may_create), settings.log_origin
         )
         sealer = Sealer(engine, signer)
-        sealing = asyncio.create_task(seal_periodically(sealer, settings.seal_interval_s))
+        sealing = asyncio.create_task(
+            seal_periodically(sealer, settings.seal_interval_s, metrics.observe_seal)
+        )
         retaining = asyncio.create_task(retain_periodically(sessions, settings))
+        metrics.watch_store(engine, writer)
         app.state.settings = settings
+        app.state.metrics = metrics
         app.state.sessions = sessions
         app.state.writer = writer
         app.state.keys = KeyResolver(
@@ -139,7 +162,10 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
             writer,
             Receipts(signer, settings.max_merge_delay_s),
             policies,
+            tracing=tracer,
+            metrics=metrics,
         )
+        app.state.observer = HttpObserver(tracer, metrics)
         app.state.draining = False
         await _policies_on_record(policies, sessions)
         _reload_on_sighup(policies, sessions)
@@ -154,6 +180,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
             await http.close()
             await run_in_threadpool(writer.stop)
             engine.dispose()
+            await run_in_threadpool(tracer.shutdown)  # flush the last spans
 
     app = Gateway(
         title="Provenant",
@@ -169,6 +196,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
     app.include_router(integrity_endpoints.router)
     app.include_router(policy_endpoints.router)
     app.include_router(privacy_endpoints.router)
+    app.include_router(telemetry_endpoints.router)
     return app
 
 

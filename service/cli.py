@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -44,10 +49,12 @@ def serve(
 
     from service.config import load_routes
     from service.policies.service import bundle_path, load_engine
+    from service.telemetry.tracing import exporter_names
 
     settings = _settings()
     try:
         routes = load_routes(settings.config)
+        exporter_names(os.environ)
     except ProvenantError as exc:
         _fail(exc)
     err.print(f"routes from {settings.config}: {', '.join(r.name for r in routes.routes)}")
@@ -63,18 +70,36 @@ def serve(
             f"policies: {policy_file} (bundle {engine.bundle.bundle}, sha256 {engine.sha256})"
         )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        "service.app:create_app_from_env",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=30,
-    )
+    with _metrics_shared_by(workers):
+        uvicorn.run(
+            "service.app:create_app_from_env",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=30,
+        )
+
+
+@contextlib.contextmanager
+def _metrics_shared_by(workers: int) -> Iterator[None]:
+    """With several worker processes, let each scrape of ``/metrics`` count all of them:
+    prometheus-client's multiprocess mode, in a fresh directory removed at exit (unless the
+    operator set ``PROMETHEUS_MULTIPROC_DIR`` already)."""
+    if workers == 1 or "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="provenant-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory  # inherited by the spawned workers
+    try:
+        yield
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @app.command()
@@ -108,7 +133,7 @@ def _session() -> Session:
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="tenant name (created if new)")],
-    role: Annotated[str, typer.Option(help="app, auditor or admin")],
+    role: Annotated[str, typer.Option(help="app, auditor, admin or metrics")],
     label: Annotated[str | None, typer.Option(help="a note for humans")] = None,
 ) -> None:
     """Create a key. The key is printed once, alone on the last line of stdout."""

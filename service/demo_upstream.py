@@ -71,7 +71,11 @@ def _suffix_ms(model: str, prefix: str) -> float:
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await request.json(loads=orjson.loads)
     request.app[REQUESTS_KEY].append(
-        {"body": body, "authorization": request.headers.get("Authorization")}
+        {
+            "body": body,
+            "authorization": request.headers.get("Authorization"),
+            "traceparent": request.headers.get("traceparent"),
+        }
     )
     model = str(body.get("model", ""))
     delay = request.app[DELAY_KEY]

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.gateway.pipeline import Pipeline
+from service.telemetry.metrics import Metrics
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -35,8 +36,14 @@ async def _settings(request: Request) -> Settings:
     return settings
 
 
+async def _metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
 # scope="function": the commit happens before the response is sent, so a client that got 2xx
 # reads its own write
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
 PipelineDep = Annotated[Pipeline, Depends(_pipeline)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]

@@ -137,6 +137,7 @@ class TenantKeys:
     app: str
     auditor: str
     admin: str
+    metrics: str
 
 
 def new_tenant(sessions: sessionmaker[Session]) -> TenantKeys:
@@ -145,11 +146,11 @@ def new_tenant(sessions: sessionmaker[Session]) -> TenantKeys:
     with sessions() as session:
         keys = {
             role: create_key(session, tenant=name, role=role).key
-            for role in ("app", "auditor", "admin")
+            for role in ("app", "auditor", "admin", "metrics")
         }
         ISSUED.extend(keys.values())
         session.commit()
-    return TenantKeys(name, keys["app"], keys["auditor"], keys["admin"])
+    return TenantKeys(name, keys["app"], keys["auditor"], keys["admin"], keys["metrics"])
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Span
 from starlette.responses import Response
 
 from service.config import OpenAIRoute, Route
@@ -24,8 +25,12 @@ from service.gateway.writer import AuditWriter
 from service.integrity.receipts import Receipts
 from service.lineage.models import RecordStatus
 from service.lineage.records import Exchange, answer_text, parse_traceparent, redact_json
+from service.policies.bundle import Stage
 from service.policies.engine import Decision, Engine, Facts, Outcome
 from service.policies.service import Policies
+from service.telemetry import attributes as attr
+from service.telemetry.metrics import Metrics
+from service.telemetry.tracing import Tracing, traceparent_of
 from service.tenancy.auth import Principal
 
 AUDIT_HEADER = "X-Provenant-Audit-Id"
@@ -94,12 +99,17 @@ class Pipeline:
         writer: AuditWriter,
         receipts: Receipts,
         policies: Policies | None = None,
+        *,
+        tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ):
         self.routes = routes
         self._backend = backend
         self._writer = writer
         self._receipts = receipts
         self._policies = policies or Policies(None, None)
+        self._tracing = tracing or Tracing.off()
+        self._metrics = metrics or Metrics()
 
     def route(self, model: str) -> Route:
         """The route a client selects with ``model``."""
@@ -122,7 +132,8 @@ class Pipeline:
             raise StoreUnavailable("lineage store unavailable; no answer can be audited")
         assert isinstance(route, OpenAIRoute)
         upstream_model = route.upstream_model or body["model"]
-        trace_id, span_id = parse_traceparent(traceparent)
+        # tracing: the record joins the gateway's own server span; otherwise the caller's ids
+        trace_id, span_id = self._tracing.record_ids() or parse_traceparent(traceparent)
         ex = Exchange(
             principal,
             route.name,
@@ -133,21 +144,36 @@ class Pipeline:
             span_id,
             started=started,
         )
+        if self._tracing.enabled:
+            self._tracing.annotate(
+                {
+                    attr.PROVENANT_AUDIT_ID: str(ex.id),
+                    attr.PROVENANT_ROUTE: route.name,
+                    attr.PROVENANT_ROUTE_KIND: route.kind,
+                    attr.PROVENANT_TENANT_ID: str(principal.tenant_id),
+                }
+            )
         engine = self._policies.engine
         facts: Facts | None = None
         if engine is not None:
             facts = await self._pre_policies(engine, ex, route)
         payload = {**ex.body, "model": upstream_model}
+        span = self._tracing.start_chat(
+            upstream=route.upstream, request_model=upstream_model, body=payload
+        )
+        # the upstream continues the trace from the chat span (or the caller's, not tracing)
+        traceparent = traceparent_of(span) or traceparent
         if ex.stream:
             hold = engine is not None and engine.buffers_stream(
                 route.name, route.kind, principal.tenant
             )
-            return await self._stream(ex, route, payload, traceparent, engine, facts, hold)
+            return await self._stream(ex, route, payload, traceparent, span, engine, facts, hold)
         try:
             answer, ex.upstream_latency_ms = await self._backend.complete(
                 route, payload, traceparent
             )
         except ProvenantError as exc:
+            Tracing.end_chat(span, error_type=exc.code)
             await self._record_failure(ex, exc)
             raise
         choices = [
@@ -159,8 +185,15 @@ class Pipeline:
             for i, c in enumerate(answer["choices"])
             if isinstance(c, dict)
         ]
+        Tracing.end_chat(
+            span,
+            response_id=answer.get("id"),
+            response_model=answer.get("model"),
+            usage=answer.get("usage"),
+            choices=choices,
+        )
         if engine is not None and facts is not None:
-            post = engine.post(facts.answered(answer_text(choices)))
+            post = self._decide(engine, Stage.post, facts.answered(answer_text(choices)))
             _decided(ex, post)
             if post.blocked is not None:
                 await self._refuse(ex, post.blocked, choices=choices, answer=answer)
@@ -178,7 +211,7 @@ class Pipeline:
             response_model=answer.get("model"),
             latency_ms=self._elapsed(ex),
         )
-        await self._writer.commit(ex.rows(row))  # durable before the answer leaves
+        await self._commit(ex, row)  # durable before the answer leaves
         answer["provenance"] = provenance(
             ex, answer.get("model"), self._receipts.issue(row, ex.delivered_sha256)
         )
@@ -192,6 +225,7 @@ class Pipeline:
         route: OpenAIRoute,
         payload: dict[str, Any],
         traceparent: str | None,
+        span: Span,
         engine: Engine | None,
         facts: Facts | None,
         hold: bool,
@@ -200,30 +234,41 @@ class Pipeline:
         try:
             upstream = await self._backend.open_stream(route, payload, traceparent)
         except ProvenantError as exc:
+            Tracing.end_chat(span, error_type=exc.code)
             await self._record_failure(ex, exc)
             raise
 
         async def finish(acc: StreamAccumulator, end: StreamEnd) -> dict[str, Any]:
             ex.upstream_latency_ms = (time.perf_counter() - started_upstream) * 1000
             err = end.error
+            choices = acc.choices()
+            Tracing.end_chat(
+                span,
+                response_id=acc.id,
+                response_model=acc.model,
+                usage=acc.usage,
+                choices=choices,
+                error_type=None if end.status is RecordStatus.ok else end.status.value,
+            )
             if engine is not None and facts is not None and end.status is RecordStatus.ok:
-                post = engine.post(facts.answered(answer_text(acc.choices())))
+                post = self._decide(engine, Stage.post, facts.answered(answer_text(choices)))
                 _decided(ex, post)
                 if post.blocked is not None:
                     await self._refuse(ex, post.blocked, choices=acc.choices(), answer=None)
                 if post.redact is not None:
                     acc.rewrite(post.redact)
+                    choices = acc.choices()
             row = ex.record_row(
                 status=end.status,
                 http_status=200,
-                choices=acc.choices(),
+                choices=choices,
                 usage=acc.usage,
                 response_model=acc.model,
                 latency_ms=self._elapsed(ex),
                 error_code=err.code if err else None,
                 error_message=err.message if err else None,
             )
-            await self._writer.commit(ex.rows(row))
+            await self._commit(ex, row)
             return provenance(ex, acc.model, self._receipts.issue(row, ex.delivered_sha256))
 
         headers = {
@@ -243,7 +288,7 @@ class Pipeline:
         storage = engine.storage(route.name, route.kind, tenant, facts.memo)
         ex.content_mode, ex.redact = storage.mode, storage.redact
         ex.retention = engine.retention(route.name, route.kind, tenant)
-        pre: Outcome = engine.pre(facts)
+        pre = self._decide(engine, Stage.pre, facts)
         _decided(ex, pre)
         if pre.blocked is not None:
             await self._refuse(ex, pre.blocked, choices=None, answer=None)
@@ -252,6 +297,20 @@ class Pipeline:
             ex.body = {**ex.body, "messages": redact_json(messages, pre.redact)}
             facts = replace(facts, prompt=message_texts(ex.body["messages"]))
         return facts
+
+    def _decide(self, engine: Engine, stage: Stage, facts: Facts) -> Outcome:
+        """Evaluate one stage of the bundle inside its span; count each decision."""
+        with self._tracing.policy(stage.value, bundle_sha256=engine.sha256) as span:
+            out = engine.pre(facts) if stage is Stage.pre else engine.post(facts)
+            Tracing.record_policy(
+                span,
+                outcome="block" if out.blocked else "allow",
+                decisions=len(out.decisions),
+                blocked_by=None if out.blocked is None else out.blocked.policy.id,
+            )
+        for d in out.decisions:
+            self._metrics.policy_outcome(d.policy.id, stage.value, d.outcome)
+        return out
 
     async def _refuse(
         self,
@@ -273,7 +332,7 @@ class Pipeline:
             error_code=exc.code,
             error_message=exc.message,
         )
-        await self._writer.commit(ex.rows(row))
+        await self._commit(ex, row)
         exc.headers[AUDIT_HEADER] = str(ex.id)
         exc.provenance = provenance(ex, None, None)
         raise exc
@@ -289,9 +348,31 @@ class Pipeline:
         )
         exc.headers[AUDIT_HEADER] = str(ex.id)
         try:
-            await self._writer.commit(ex.rows(row))
+            await self._commit(ex, row)
         except StoreUnavailable:
             exc.headers.pop(AUDIT_HEADER, None)
+
+    async def _commit(self, ex: Exchange, row: dict[str, Any]) -> None:
+        """Make an answer's record (and lineage rows) durable: its audit-commit span, then the
+        answer metrics. Raises StoreUnavailable if the record could not be committed."""
+        span = self._tracing.start_audit_commit(
+            audit_id=str(ex.id), status=row["status"], db_system=self._writer.db_system
+        )
+        try:
+            batch = await self._writer.commit(ex.rows(row))
+        except BaseException as exc:  # cancelled too: the span still ends
+            Tracing.end_audit_commit(span, error_type=getattr(exc, "code", type(exc).__name__))
+            raise
+        Tracing.end_audit_commit(span, batch_size=batch)
+        upstream_ms = ex.upstream_latency_ms
+        self._metrics.observe_answer(
+            ex.route_name,
+            row["status"],
+            stream=ex.stream,
+            upstream_s=None if upstream_ms is None else upstream_ms / 1000,
+            input_tokens=row["prompt_tokens"],
+            output_tokens=row["completion_tokens"],
+        )
 
     @staticmethod
     def _elapsed(ex: Exchange) -> float:

@@ -32,9 +32,9 @@ from service.errors import StoreUnavailable
 log = logging.getLogger("provenant.writer")
 
 Rows = dict[Table, list[dict[str, Any]]]
-# how the writer tells a caller its rows are durable: a thread-side future (``submit``) or an
-# asyncio future with its loop (``commit``)
-Waiter = cf.Future[None] | tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]
+# how the writer tells a caller its rows are durable (and in a transaction of how many answers):
+# a thread-side future (``submit``) or an asyncio future with its loop (``commit``)
+Waiter = cf.Future[int] | tuple[asyncio.AbstractEventLoop, asyncio.Future[int]]
 _STOP = object()
 
 
@@ -50,6 +50,7 @@ class AuditWriter:
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._engine = engine
+        self.db_system = engine.dialect.name  # "postgresql" / "sqlite", as telemetry names them
         self._max_batch = max_batch
         self._probe_interval = probe_interval_s
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -74,17 +75,18 @@ class AuditWriter:
         self._thread.join(timeout)
         self._thread = None
 
-    def submit(self, rows: Rows) -> cf.Future[None]:
-        """Queue an answer's rows; the future resolves once they are committed."""
-        fut: cf.Future[None] = cf.Future()
+    def submit(self, rows: Rows) -> cf.Future[int]:
+        """Queue an answer's rows; the future resolves (to the batch size) once committed."""
+        fut: cf.Future[int] = cf.Future()
         if self._thread is None:
             fut.set_exception(StoreUnavailable("audit writer is not running"))
             return fut
         self._queue.put((rows, fut))
         return fut
 
-    async def commit(self, rows: Rows) -> None:
+    async def commit(self, rows: Rows) -> int:
         """Queue rows and wait until they are durable; raise StoreUnavailable otherwise.
+        Returns how many answers shared the transaction.
 
         The rows are queued before the first suspension: a caller cancelled while waiting still
         gets its record written.
@@ -92,9 +94,9 @@ class AuditWriter:
         if self._thread is None:
             raise StoreUnavailable("audit writer is not running")
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[int] = loop.create_future()
         self._queue.put((rows, (loop, fut)))
-        await fut
+        return await fut
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -193,27 +195,28 @@ class AuditWriter:
 
 def _settle(batch: list[tuple[Rows, Waiter]], error: BaseException | None) -> None:
     """Resolve a batch's waiters: thread futures here, asyncio ones with one wake-up per loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[int]]] = {}
+    size = len(batch)
     for _, waiter in batch:
         if isinstance(waiter, cf.Future):
             if not waiter.done():
                 if error is None:
-                    waiter.set_result(None)
+                    waiter.set_result(size)
                 else:
                     waiter.set_exception(error)
         else:
             by_loop.setdefault(waiter[0], []).append(waiter[1])
     for loop, futures in by_loop.items():
         with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
-            loop.call_soon_threadsafe(_resolve, futures, error)
+            loop.call_soon_threadsafe(_resolve, futures, error, size)
 
 
-def _resolve(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+def _resolve(futures: list[asyncio.Future[int]], error: BaseException | None, size: int) -> None:
     # on the futures' loop; a future whose awaiting task was cancelled is already done
     for fut in futures:
         if not fut.done():
             if error is None:
-                fut.set_result(None)
+                fut.set_result(size)
             else:
                 fut.set_exception(error)
 

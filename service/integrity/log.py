@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -36,6 +37,13 @@ def tree_size(conn: Connection) -> int:
     """How many entries the log holds."""
     size = conn.execute(select(func.max(LogEntry.idx))).scalar()
     return 0 if size is None else int(size) + 1
+
+
+def backlog(conn: Connection) -> tuple[int, datetime | None]:
+    """How many entries wait for the sealer, and when the oldest of them was written (the
+    sealer's lag, whichever process holds the lock: ``log_pending`` is the whole cluster's)."""
+    count, oldest = conn.execute(select(func.count(), func.min(LogPending.created_at))).one()
+    return int(count), oldest
 
 
 class StoredTree:
@@ -192,16 +200,23 @@ class Sealer:
         return Sealed(len(entries), rng.size, root)
 
 
-async def seal_periodically(sealer: Sealer, interval_s: float) -> None:
+async def seal_periodically(
+    sealer: Sealer,
+    interval_s: float,
+    on_sealed: Callable[[list[Sealed]], None] | None = None,
+) -> None:
     """The gateway's sealing loop: register the key, then seal every ``interval_s`` seconds.
-    A failed run (store down, lock contention) is logged and retried on the next tick."""
+    A failed run (store down, lock contention) is logged and retried on the next tick.
+    ``on_sealed`` hears of every run that signed checkpoints (the sealer metrics)."""
     registered = False
     while True:
         try:
             if not registered:
                 await asyncio.to_thread(sealer.register_key)
                 registered = True
-            await asyncio.to_thread(sealer.seal)
+            done = await asyncio.to_thread(sealer.seal)
+            if done and on_sealed is not None:
+                on_sealed(done)
         except Exception as exc:  # the loop must outlive any one failure
             log.warning("sealing failed: %s: %s", type(exc).__name__, exc)
         await asyncio.sleep(interval_s)

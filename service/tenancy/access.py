@@ -11,9 +11,13 @@ from typing import Final
 from service.tenancy.models import Role
 
 PUBLIC: Final = frozenset[Role]()
-ANY_ROLE: Final = frozenset(Role)
+# every role that acts on a tenant's behalf: a `metrics` key is a scraper's and reads nothing else
+ANY_ROLE: Final = frozenset({Role.app, Role.auditor, Role.admin})
 READERS: Final = frozenset({Role.auditor, Role.admin})
 ADMIN: Final = frozenset({Role.admin})
+# GET /metrics: cluster-wide counts (no tenant labels, no content), still not public — they show
+# traffic volumes, routes and upstream health; a dedicated key keeps Prometheus least-privileged
+SCRAPERS: Final = frozenset({Role.metrics})
 
 ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     ("GET", "/healthz"): PUBLIC,
@@ -34,6 +38,7 @@ ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     ("POST", "/v1/admin/holds/{hold_id}/release"): ADMIN,
     ("POST", "/v1/admin/erasure"): ADMIN,
     ("POST", "/v1/admin/retention/run"): ADMIN,
+    ("GET", "/metrics"): SCRAPERS,
 }
 
 

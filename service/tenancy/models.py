@@ -13,11 +13,13 @@ from service.db.base import Base, UTCDateTime, utcnow
 
 
 class Role(StrEnum):
-    """What a key may do: call models, read audit data, or manage the gateway."""
+    """What a key may do: call models, read audit data, manage the gateway, or only be scraped
+    for metrics (a Prometheus key, good for nothing else)."""
 
     app = "app"
     auditor = "auditor"
     admin = "admin"
+    metrics = "metrics"
 
 
 class Tenant(Base):

@@ -45,7 +45,8 @@ def create_key(
     try:
         parsed = Role(role)
     except ValueError as exc:
-        raise InvalidRequest(f"unknown role {role!r}; use one of app, auditor, admin") from exc
+        roles = ", ".join(r.value for r in Role)
+        raise InvalidRequest(f"unknown role {role!r}; use one of {roles}") from exc
     owner = ensure_tenant(session, tenant)
     prefix, plaintext = new_key()
     session.add(

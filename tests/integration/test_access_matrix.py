@@ -83,9 +83,10 @@ CALLS: dict[tuple[str, str], Call] = {
         body=lambda _: {"subject": f"nobody-{uuid.uuid4().hex[:6]}", "reason": "matrix"}
     ),
     ("POST", "/v1/admin/retention/run"): Call(body=lambda _: {"dry_run": True}),
+    ("GET", "/metrics"): Call(),
 }
 
-ROLES: list[Role | None] = [None, Role.app, Role.auditor, Role.admin]
+ROLES: list[Role | None] = [None, *Role]
 
 
 def _key(keys: TenantKeys, role: Role | None) -> str | None:

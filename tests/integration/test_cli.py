@@ -138,3 +138,11 @@ def test_serve_in_a_fresh_process_answers_with_a_receipt_and_seals_it(
     verified = run(env, "verify")
     # key created, policy bundle loaded at start (policies/default.yaml), the answer
     assert verified.stdout.startswith("OK: 3 entries"), verified.stdout
+
+
+def test_serve_refuses_a_trace_exporter_it_does_not_ship(env: dict[str, str]) -> None:
+    grpc = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}
+    grpc["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
+    refused = run(grpc, "serve", "--port", "1", ok=False)
+    assert refused.returncode == 2
+    assert "http/protobuf" in refused.stderr and "Traceback" not in refused.stderr

@@ -23,7 +23,7 @@ def _key(tenant: TenantKeys, method: str, path: str) -> dict[str, str]:
     roles = ACCESS[(method, path)]
     if roles == PUBLIC:
         return {}
-    role = next(r for r in (Role.admin, Role.auditor, Role.app) if r in roles)
+    role = next(r for r in (Role.admin, Role.auditor, Role.app, Role.metrics) if r in roles)
     return {"Authorization": f"Bearer {getattr(tenant, role.value)}"}
 
 

@@ -1,0 +1,1 @@
+"""Telemetry: OpenTelemetry traces (GenAI semantic conventions) and Prometheus metrics."""

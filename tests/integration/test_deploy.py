@@ -179,3 +179,17 @@ def test_the_image_is_multi_stage_non_root_and_fetches_nothing_at_run_time() -> 
             for source in sources:
                 assert (ROOT / source).exists(), source
                 assert source.rstrip("/") in allowed, f"{source} is not in the build context"
+
+
+def test_the_policy_bundle_shipped_in_the_configmap_is_valid_and_is_the_default() -> None:
+    from service.policies.bundle import Bundle, problems
+
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "configmap.yaml").read_text()) if d]
+    (policies,) = [d for d in docs if d["metadata"]["name"] == "provenant-policies"]
+    text = policies["data"]["default.yaml"]
+    assert problems(Path("configmap:default.yaml"), text) == []
+    shipped = (ROOT / "policies" / "default.yaml").read_text()
+    assert (
+        Bundle.model_validate(yaml.safe_load(text)).sha256
+        == Bundle.model_validate(yaml.safe_load(shipped)).sha256
+    )

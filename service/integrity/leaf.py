@@ -102,6 +102,10 @@ def record_document(
     doc["created_at"] = timestamp(row["created_at"])
     doc["completed_at"] = timestamp(row["completed_at"])
     doc["model_snapshot_sha256"] = snapshot_sha256
+    # present only on records of registry-linked routes, so the leaves of records without a
+    # registry link (and of every record written before the field existed) are unchanged
+    if row.get("lineage_stale") is not None:
+        doc["lineage_stale"] = bool(row["lineage_stale"])
     doc["retrievals"] = [
         [
             r["rank"],

@@ -60,6 +60,10 @@ class Exchange:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     model_snapshot_id: uuid.UUID | None = None
     model_snapshot_sha256: str | None = None
+    # registry-linked routes: the snapshot's provenance fields, and whether the registry could
+    # not vouch for it within the TTL (None: the route has no registry link)
+    model_lineage: dict[str, Any] | None = None
+    lineage_stale: bool | None = None
     policy_bundle_sha256: str | None = None
 
     @property
@@ -117,6 +121,7 @@ class Exchange:
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "model_snapshot_id": self.model_snapshot_id,
+            "lineage_stale": self.lineage_stale,
             "policy_bundle_sha256": self.policy_bundle_sha256,
             "created_at": self.created_at,
             "completed_at": utcnow(),

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
@@ -27,6 +28,9 @@ from service.integrity import signing
 from service.integrity.log import Sealer, seal_periodically
 from service.integrity.receipts import Receipts
 from service.lineage import endpoints as lineage_endpoints
+from service.provenance import endpoints as provenance_endpoints
+from service.provenance.registry import configure_client
+from service.provenance.resolver import ModelResolver
 from service.tenancy.auth import KeyResolver
 
 log = logging.getLogger("provenant")
@@ -73,6 +77,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
         )
         sealer = Sealer(engine, signer)
         sealing = asyncio.create_task(seal_periodically(sealer, settings.seal_interval_s))
+        models = await _model_resolver(settings, routes, engine)
         app.state.settings = settings
         app.state.sessions = sessions
         app.state.writer = writer
@@ -83,6 +88,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
             OpenAIBackend(http),
             writer,
             Receipts(signer, settings.max_merge_delay_s),
+            models,
         )
         app.state.draining = False
         try:
@@ -92,6 +98,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
             sealing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sealing
+            await models.aclose()
             await http.close()
             await run_in_threadpool(writer.stop)
             engine.dispose()
@@ -107,7 +114,27 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
     app.include_router(gateway_endpoints.router)
     app.include_router(lineage_endpoints.router)
     app.include_router(integrity_endpoints.router)
+    app.include_router(provenance_endpoints.router)
     return app
+
+
+async def _model_resolver(settings: Settings, routes: RoutesFile, engine: Engine) -> ModelResolver:
+    """The registry-linked routes' resolver, warmed once at start (a registry that does not
+    answer is logged, not fatal: those routes answer 503 until it does)."""
+    resolver = ModelResolver(
+        routes.by_name(),
+        engine,
+        default_tracking_uri=settings.mlflow_tracking_uri,
+        ttl_s=settings.model_cache_ttl_s,
+        max_staleness_s=settings.model_max_staleness_s,
+    )
+    if resolver.routes:
+        configure_client(settings.mlflow_request_timeout_s, settings.mlflow_max_retries)
+        errors = await resolver.refresh_all()
+        for route, error in errors.items():
+            if error:
+                log.warning("route %s: model lineage unresolved at start: %s", route, error)
+    return resolver
 
 
 def create_app_from_env() -> Gateway:

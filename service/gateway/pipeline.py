@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from service.config import OpenAIRoute, Route
 from service.errors import (
+    LineageUnavailable,
     ModelNotFound,
     ProvenantError,
     StoreUnavailable,
@@ -22,6 +23,7 @@ from service.gateway.writer import AuditWriter
 from service.integrity.receipts import Receipts
 from service.lineage.models import RecordStatus
 from service.lineage.records import Exchange, parse_traceparent
+from service.provenance.resolver import ModelResolver, Served
 from service.tenancy.auth import Principal
 
 AUDIT_HEADER = "X-Provenant-Audit-Id"
@@ -31,15 +33,22 @@ def provenance(
     ex: Exchange, response_model: str | None, receipt: str | None = None
 ) -> dict[str, Any]:
     """The ``provenance`` object every answer carries (``receipt``: the signed promise that
-    its record enters the log)."""
+    its record enters the log). ``model`` carries the registry snapshot on registry-linked
+    routes (``registry`` is null on the others)."""
+    model: dict[str, Any] = {
+        "requested": ex.body.get("model"),
+        "upstream": ex.upstream_model,
+        "response": response_model,
+    }
+    if ex.model_lineage is None:
+        model["registry"] = None
+    else:
+        model.update(ex.model_lineage)
+        model["lineage_stale"] = ex.lineage_stale
     return {
         "audit_id": str(ex.id),
         "route": ex.route_name,
-        "model": {
-            "requested": ex.body.get("model"),
-            "upstream": ex.upstream_model,
-            "response": response_model,
-        },
+        "model": model,
         "sources": [],
         "policies": [],
         "receipt": receipt,
@@ -51,6 +60,8 @@ def _status_of(exc: ProvenantError) -> RecordStatus:
         return RecordStatus.upstream_timeout
     if isinstance(exc, UpstreamRejected):
         return RecordStatus.upstream_rejected
+    if isinstance(exc, LineageUnavailable):
+        return RecordStatus.lineage_unavailable
     return RecordStatus.upstream_error
 
 
@@ -63,8 +74,10 @@ class Pipeline:
         backend: OpenAIBackend,
         writer: AuditWriter,
         receipts: Receipts,
+        models: ModelResolver | None = None,
     ):
         self.routes = routes
+        self.models = models
         self._backend = backend
         self._writer = writer
         self._receipts = receipts
@@ -89,7 +102,10 @@ class Pipeline:
         if not self._writer.healthy:
             raise StoreUnavailable("lineage store unavailable; no answer can be audited")
         assert isinstance(route, OpenAIRoute)
-        upstream_model = route.upstream_model or body["model"]
+        # a model named by the registry is known once the route's snapshot is pinned
+        upstream_model = route.upstream_model or (
+            None if route.upstream_model_from else body["model"]
+        )
         trace_id, span_id = parse_traceparent(traceparent)
         ex = Exchange(
             principal,
@@ -101,7 +117,9 @@ class Pipeline:
             span_id,
             started=started,
         )
-        payload = {**body, "model": upstream_model}
+        if route.registry is not None:
+            await self._pin_model(ex, route)
+        payload = {**body, "model": ex.upstream_model}
         if ex.stream:
             return await self._stream(ex, route, payload, traceparent)
         try:
@@ -166,6 +184,24 @@ class Pipeline:
             AUDIT_HEADER: str(ex.id),
         }
         return AuditedStream(upstream, finish, headers)
+
+    async def _pin_model(self, ex: Exchange, route: OpenAIRoute) -> None:
+        """Pin the answer to the route's current model snapshot (a dict lookup when the cache
+        is warm); a route whose lineage is unavailable is refused, and the refusal recorded."""
+        assert self.models is not None
+        served: Served | None = self.models.current(route.name)
+        if served is None:
+            try:
+                served = await self.models.resolve(route.name)
+            except LineageUnavailable as exc:
+                await self._record_failure(ex, exc)
+                raise
+        ex.model_snapshot_id = served.snapshot.id
+        ex.model_snapshot_sha256 = served.snapshot.sha256
+        ex.model_lineage = served.view
+        ex.lineage_stale = served.stale
+        if route.upstream_model_from is not None:
+            ex.upstream_model = served.upstream_model
 
     async def _record_failure(self, ex: Exchange, exc: ProvenantError) -> None:
         """Record an answer that failed upstream; the client still gets the original error."""

@@ -10,6 +10,9 @@ from service.errors import NotFound
 from service.lineage import repository
 from service.lineage.repository import RecordFilter
 from service.lineage.schemas import AuditRecordOut, AuditRecordPage, AuditRecordSummary
+from service.provenance.models import ModelSnapshot
+from service.provenance.schemas import ModelLineageOut
+from service.provenance.snapshots import model_view
 from service.tenancy.auth import Principal
 
 
@@ -18,7 +21,13 @@ def read_record(session: Session, *, principal: Principal, record_id: uuid.UUID)
     record = repository.get(session, principal.tenant_id, record_id)
     if record is None:
         raise NotFound(f"no audit record {record_id}")
-    return AuditRecordOut.model_validate(record)
+    out = AuditRecordOut.model_validate(record)
+    if record.model_snapshot_id is not None:
+        snap = session.get(ModelSnapshot, record.model_snapshot_id)
+        if snap is not None:
+            view = model_view(snap.id, snap.snapshot_sha256, snap.content)
+            out.model = ModelLineageOut.model_validate(view)
+    return out
 
 
 def list_records(

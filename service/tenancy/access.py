@@ -26,6 +26,9 @@ ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     ("GET", "/v1/audit/checkpoints/{size}"): ANY_ROLE,
     ("GET", "/v1/audit/records/{record_id}/proof"): ANY_ROLE,
     ("GET", "/v1/audit/consistency"): ANY_ROLE,
+    ("GET", "/v1/lineage/models"): READERS,
+    ("GET", "/v1/lineage/models/{snapshot_id}"): READERS,
+    ("GET", "/v1/lineage/models/{snapshot_id}/answers"): READERS,
 }
 
 

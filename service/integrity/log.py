@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,9 +199,21 @@ async def seal_periodically(sealer: Sealer, interval_s: float) -> None:
     while True:
         try:
             if not registered:
-                await asyncio.to_thread(sealer.register_key)
+                await _finish_in_thread(sealer.register_key)
                 registered = True
-            await asyncio.to_thread(sealer.seal)
+            await _finish_in_thread(sealer.seal)
         except Exception as exc:  # the loop must outlive any one failure
             log.warning("sealing failed: %s: %s", type(exc).__name__, exc)
         await asyncio.sleep(interval_s)
+
+
+async def _finish_in_thread(fn: Callable[[], object]) -> None:
+    """Run ``fn`` in a worker thread; if cancelled meanwhile (shutdown), wait for the thread
+    before re-raising, so the engine is not disposed under a connection still checked out."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await work
+        raise

@@ -4,6 +4,7 @@ served it, against a real ``mlflow server`` on loopback and the official openai 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,9 @@ from sqlalchemy.exc import DBAPIError
 from service.app import create_app
 from service.config import OpenAIRoute, RegistryLink, RoutesFile
 from service.db.engine import make_engine
+from service.integrity import leaf
 from service.integrity.canonical import digest
+from service.lineage.models import AuditRecord
 from service.provenance.models import ModelSnapshot
 from tests.conftest import TenantKeys, make_settings, new_tenant
 from tests.support.mlflow import MlflowServer, Registry, Version
@@ -214,6 +217,7 @@ def test_registry_outage_serves_the_last_snapshot_flagged_stale_then_fails_close
             ).json()
             assert record["lineage_stale"] is True
             assert record["model"]["version"] == v1.version
+            assert leaf_recomputes(database_url, stale.headers["x-provenant-audit-id"])
             ready = httpx.get(f"{gateway.url}/readyz").json()
             assert ready["status"] == "ready"
             assert ready["checks"]["model_registries"][0]["uri"] == relayed
@@ -250,6 +254,28 @@ def test_registry_outage_serves_the_last_snapshot_flagged_stale_then_fails_close
             assert back.json()["provenance"]["model"]["version"] == v1.version
     finally:
         relay.close()
+
+
+def leaf_recomputes(database_url: str, audit_id: str) -> bool:
+    """The record's stored leaf equals the leaf rebuilt from its row and its snapshot's content
+    (what ``provenant verify`` does for every record)."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(AuditRecord.__table__).where(AuditRecord.id == uuid.UUID(audit_id))
+                )
+                .mappings()
+                .one()
+            )
+            content = conn.execute(
+                select(ModelSnapshot.content).where(ModelSnapshot.id == row["model_snapshot_id"])
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    doc = leaf.record_document(row, snapshot_sha256=digest(content))
+    return bool(leaf.leaf_sha256(doc) == row["leaf_sha256"])
 
 
 def snapshot_rows(database_url: str, name: str) -> list[dict[str, Any]]:
@@ -305,6 +331,7 @@ def test_snapshots_are_stored_once_and_never_change_whatever_happens_in_mlflow(
     assert_pinned(record["model"], v1, mlflow_server.url)
     assert record["model"]["validation_status"] is None
     assert record["model_snapshot_id"] == str(before["id"])
+    assert leaf_recomputes(database_url, audit_id)
     old, new = snapshot_rows(database_url, name)
     assert old == before  # untouched by the tag, by the deletion, by every refresh
     assert new["content"]["validation_status"] == "approved"

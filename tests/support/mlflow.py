@@ -110,6 +110,10 @@ class Registry:
     """Registers fine-tuned model versions through the official client."""
 
     def __init__(self, tracking_uri: str) -> None:
+        # MLflow's client retries a dead server for minutes by default: fail a test instead
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow import MlflowClient
 
         self.client: Any = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

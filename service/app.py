@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +35,9 @@ from service.policies import endpoints as policy_endpoints
 from service.policies.service import Policies, bundle_path, load_engine
 from service.privacy import endpoints as privacy_endpoints
 from service.privacy.erasure import retain_periodically
+from service.provenance import endpoints as provenance_endpoints
+from service.provenance.registry import configure_client
+from service.provenance.resolver import ModelResolver
 from service.telemetry import endpoints as telemetry_endpoints
 from service.telemetry.http import HttpObserver
 from service.telemetry.metrics import Metrics
@@ -142,6 +146,7 @@ def create_app(
         )
         retaining = asyncio.create_task(retain_periodically(sessions, settings))
         metrics.watch_store(engine, writer)
+        models = await _model_resolver(settings, routes, engine)
         app.state.settings = settings
         app.state.metrics = metrics
         app.state.sessions = sessions
@@ -162,6 +167,7 @@ def create_app(
             writer,
             Receipts(signer, settings.max_merge_delay_s),
             policies,
+            models,
             tracing=tracer,
             metrics=metrics,
         )
@@ -177,6 +183,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await models.aclose()
             await http.close()
             await run_in_threadpool(writer.stop)
             engine.dispose()
@@ -197,6 +204,7 @@ def create_app(
     app.include_router(policy_endpoints.router)
     app.include_router(privacy_endpoints.router)
     app.include_router(telemetry_endpoints.router)
+    app.include_router(provenance_endpoints.router)
     return app
 
 
@@ -228,6 +236,25 @@ def _reload_on_sighup(policies: Policies, sessions: sessionmaker[Session]) -> No
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+async def _model_resolver(settings: Settings, routes: RoutesFile, engine: Engine) -> ModelResolver:
+    """The registry-linked routes' resolver, warmed once at start (a registry that does not
+    answer is logged, not fatal: those routes answer 503 until it does)."""
+    resolver = ModelResolver(
+        routes.by_name(),
+        engine,
+        default_tracking_uri=settings.mlflow_tracking_uri,
+        ttl_s=settings.model_cache_ttl_s,
+        max_staleness_s=settings.model_max_staleness_s,
+    )
+    if resolver.routes:
+        configure_client(settings.mlflow_request_timeout_s, settings.mlflow_max_retries)
+        errors = await resolver.refresh_all()
+        for route, error in errors.items():
+            if error:
+                log.warning("route %s: model lineage unresolved at start: %s", route, error)
+    return resolver
 
 
 def create_app_from_env() -> Gateway:

@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+models_app = typer.Typer(help="Model registry (MLflow) links of the routes.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 err = Console(stderr=True)
 
 
@@ -236,6 +238,15 @@ def _privacy_commands() -> None:
 
 
 _privacy_commands()
+
+
+def _models_commands() -> None:
+    from service.provenance import cli as models
+
+    models_app.command("sync")(models.sync)
+
+
+_models_commands()
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ app factory and the CLI, so tests pass their own values in.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -54,6 +55,14 @@ class Settings(BaseSettings):
     log_origin: str = Field(default="provenant.local/audit-log", min_length=1, max_length=200)
     seal_interval_s: float = Field(default=2.0, gt=0)
     max_merge_delay_s: int = Field(default=60, ge=1)
+    # model registry (MLflow)
+    mlflow_tracking_uri: str = Field(
+        default="sqlite:///./data/mlflow.db", min_length=1, max_length=2000
+    )
+    model_cache_ttl_s: float = Field(default=30.0, gt=0)
+    model_max_staleness_s: float = Field(default=600.0, ge=0)
+    mlflow_request_timeout_s: int = Field(default=10, ge=1, le=600)
+    mlflow_max_retries: int = Field(default=0, ge=0, le=10)
 
     def signing_key_path(self) -> tuple[Path, bool]:
         """The key file, and whether it may be generated (only the embedded default may)."""
@@ -72,6 +81,70 @@ class Timeouts(BaseModel):
     total: float = Field(default=300.0, gt=0)
 
 
+# where a value is read from the resolved model version: its tag, its run's param or run's tag
+SOURCE_PATTERN = r"^(tag|param|run_tag):[^\s]{1,250}$"
+_SOURCE = re.compile(SOURCE_PATTERN)
+LineageField = Literal["base_model", "adapter", "adapter_digest", "validation_status"]
+# the documented names, looked up in this order unless a route maps the field elsewhere
+DEFAULT_FIELD_SOURCES: dict[LineageField, tuple[str, ...]] = {
+    "base_model": ("tag:base_model", "param:base_model", "run_tag:base_model"),
+    "adapter": ("tag:adapter_name", "param:adapter_name", "run_tag:adapter_name"),
+    "adapter_digest": ("tag:adapter_digest", "param:adapter_digest", "run_tag:adapter_digest"),
+    "validation_status": ("tag:validation_status", "run_tag:validation_status"),
+}
+
+
+class RegistryLink(BaseModel):
+    """A route's link to a registered model in MLflow: every answer is pinned to the version
+    the alias (or the fixed version) pointed at when it was served."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200, description="registered model name")
+    alias: str | None = Field(default=None, min_length=1, max_length=200)
+    version: str | None = Field(default=None, pattern=r"^[1-9][0-9]{0,17}$")
+    tracking_uri: str | None = Field(
+        default=None, min_length=1, max_length=2000, description="default: Settings"
+    )
+    fields: dict[LineageField, list[str]] = Field(
+        default_factory=dict,
+        description="where base model, adapter... are read: tag:X, param:X or run_tag:X",
+    )
+    cache_ttl_s: float | None = Field(default=None, gt=0)
+    max_staleness_s: float | None = Field(default=None, ge=0)
+    # what happens once the registry has been unreachable for longer than max_staleness:
+    # ``fail`` (503 lineage_unavailable) or ``serve_stale`` (keep the last snapshot, flagged).
+    # The policy engine will decide this per answer; this setting is its default.
+    beyond_max_staleness: Literal["fail", "serve_stale"] = "fail"
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("fields")
+    @classmethod
+    def _sources(cls, fields: dict[LineageField, list[str]]) -> dict[LineageField, list[str]]:
+        for name, sources in fields.items():
+            if not 1 <= len(sources) <= 8:
+                raise ValueError(f"{name}: give 1 to 8 sources")
+            for source in sources:
+                if not _SOURCE.match(source):
+                    raise ValueError(f"{name}: {source!r} is not tag:X, param:X or run_tag:X")
+        return fields
+
+    @model_validator(mode="after")
+    def _alias_or_version(self) -> RegistryLink:
+        if (self.alias is None) == (self.version is None):
+            raise ValueError("give exactly one of alias or version")
+        return self
+
+    def sources(self, name: LineageField) -> tuple[str, ...]:
+        """Where a lineage field is read, in order."""
+        mapped = self.fields.get(name)
+        return tuple(mapped) if mapped else DEFAULT_FIELD_SOURCES[name]
+
+
 class OpenAIRoute(BaseModel):
     """A route that proxies to an OpenAI-compatible upstream."""
 
@@ -81,8 +154,12 @@ class OpenAIRoute(BaseModel):
     kind: Literal["openai"] = "openai"
     upstream: str = Field(description="base URL ending in /v1")
     upstream_model: str | None = None
+    # the upstream model name read from the resolved model version (e.g. ``tag:serving_name``,
+    # a vLLM LoRA adapter name): promoting a version in MLflow changes what the upstream is asked
+    upstream_model_from: str | None = Field(default=None, pattern=SOURCE_PATTERN)
     api_key_env: str | None = None
     timeouts: Timeouts = Timeouts()
+    registry: RegistryLink | None = None
 
     @field_validator("upstream")
     @classmethod
@@ -90,6 +167,15 @@ class OpenAIRoute(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("upstream must be an http:// or https:// base URL")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _upstream_model_source(self) -> OpenAIRoute:
+        if self.upstream_model_from is not None:
+            if self.registry is None:
+                raise ValueError("upstream_model_from needs a registry: block")
+            if self.upstream_model is not None:
+                raise ValueError("give upstream_model or upstream_model_from, not both")
+        return self
 
 
 Route = Annotated[OpenAIRoute, Field(discriminator="kind")]

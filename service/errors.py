@@ -138,6 +138,24 @@ class StoreUnavailable(ProvenantError):
     code = "lineage_store_unavailable"
 
 
+class LineageUnavailable(ProvenantError):
+    """A registry-linked route whose model lineage cannot be vouched for: the registry has been
+    unreachable (or the version unresolvable) for longer than the route's max staleness."""
+
+    status = 503
+    type = "api_error"
+    code = "lineage_unavailable"
+
+
+class RegistryError(ProvenantError):
+    """The model registry could not resolve a route's model (unreachable, unknown model,
+    alias or version, or a documented tag missing)."""
+
+    status = 502
+    type = "api_error"
+    code = "registry_error"
+
+
 class UpstreamError(ProvenantError):
     status = 502
     type = "api_error"

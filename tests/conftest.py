@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
 from service.tenancy.service import create_key
 from tests.support.db import create_postgres_database, drop_postgres_database, postgres_admin_url
+from tests.support.mlflow import MlflowServer, Registry
 from tests.support.secrets import ISSUED, LOGS, UPSTREAM_KEY, UPSTREAM_KEY_ENV, scan
 from tests.support.servers import GatewayServer, UpstreamServer
 
@@ -46,6 +49,41 @@ def upstream() -> Iterator[UpstreamServer]:
     server = UpstreamServer().start()
     yield server
     server.stop()
+
+
+_MLFLOW = pytest.StashKey[MlflowServer]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Launch the session's ``mlflow server`` as soon as a selected test needs it: it takes
+    seconds to start, which then overlap with the tests that run before."""
+    if any("mlflow_server" in getattr(item, "fixturenames", ()) for item in items):
+        root = Path(tempfile.mkdtemp(prefix="provenant-mlflow-"))
+        config.stash[_MLFLOW] = MlflowServer(root).launch()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = config.stash.get(_MLFLOW, None)
+    if server is not None:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(request: pytest.FixtureRequest) -> MlflowServer:
+    """One real ``mlflow server`` for the session (SQLite backend store in a temp folder);
+    tests stay independent by registering models under unique names."""
+    server = request.config.stash.get(_MLFLOW, None)
+    if server is None:  # requested without being collected (e.g. by a plugin): start now
+        server = MlflowServer(Path(tempfile.mkdtemp(prefix="provenant-mlflow-"))).launch()
+        request.config.stash[_MLFLOW] = server
+    return server.wait_ready()
+
+
+@pytest.fixture(scope="session")
+def registry(mlflow_server: MlflowServer) -> Registry:
+    return Registry(mlflow_server.url)
 
 
 def routes_for(upstream_url: str) -> RoutesFile:

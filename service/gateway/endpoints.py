@@ -52,7 +52,9 @@ async def chat_completions(
 
 @router.get("/models")
 async def list_models(principal: CurrentPrincipal, pipeline: PipelineDep) -> dict[str, Any]:
-    """The routes, as OpenAI models."""
+    """The routes, as OpenAI models; a registry-linked route shows the version it currently
+    serves (from the gateway's cache: no registry call)."""
+    models = pipeline.models
     return {
         "object": "list",
         "data": [
@@ -61,7 +63,10 @@ async def list_models(principal: CurrentPrincipal, pipeline: PipelineDep) -> dic
                 "object": "model",
                 "created": 0,
                 "owned_by": "provenant",
-                "provenant": {"kind": route.kind},
+                "provenant": {
+                    "kind": route.kind,
+                    "registry": models.status(name) if models is not None else None,
+                },
             }
             for name, route in pipeline.routes.items()
         ],

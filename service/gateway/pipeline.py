@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from service.config import OpenAIRoute, Route
 from service.errors import (
+    LineageUnavailable,
     ModelNotFound,
     PolicyBlocked,
     ProvenantError,
@@ -28,6 +29,7 @@ from service.lineage.records import Exchange, answer_text, parse_traceparent, re
 from service.policies.bundle import Stage
 from service.policies.engine import Decision, Engine, Facts, Outcome
 from service.policies.service import Policies
+from service.provenance.resolver import ModelResolver, Served
 from service.telemetry import attributes as attr
 from service.telemetry.metrics import Metrics
 from service.telemetry.tracing import Tracing, traceparent_of
@@ -40,15 +42,22 @@ def provenance(
     ex: Exchange, response_model: str | None, receipt: str | None = None
 ) -> dict[str, Any]:
     """The ``provenance`` object every answer carries (``receipt``: the signed promise that
-    its record enters the log)."""
+    its record enters the log). ``model`` carries the registry snapshot on registry-linked
+    routes (``registry`` is null on the others)."""
+    model: dict[str, Any] = {
+        "requested": ex.body.get("model"),
+        "upstream": ex.upstream_model,
+        "response": response_model,
+    }
+    if ex.model_lineage is None:
+        model["registry"] = None
+    else:
+        model.update(ex.model_lineage)
+        model["lineage_stale"] = ex.lineage_stale
     return {
         "audit_id": str(ex.id),
         "route": ex.route_name,
-        "model": {
-            "requested": ex.body.get("model"),
-            "upstream": ex.upstream_model,
-            "response": response_model,
-        },
+        "model": model,
         "sources": [],
         "policies": ex.policy_view,
         "receipt": receipt,
@@ -86,6 +95,8 @@ def _status_of(exc: ProvenantError) -> RecordStatus:
         return RecordStatus.upstream_timeout
     if isinstance(exc, UpstreamRejected):
         return RecordStatus.upstream_rejected
+    if isinstance(exc, LineageUnavailable):
+        return RecordStatus.lineage_unavailable
     return RecordStatus.upstream_error
 
 
@@ -99,11 +110,13 @@ class Pipeline:
         writer: AuditWriter,
         receipts: Receipts,
         policies: Policies | None = None,
+        models: ModelResolver | None = None,
         *,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
     ):
         self.routes = routes
+        self.models = models
         self._backend = backend
         self._writer = writer
         self._receipts = receipts
@@ -131,7 +144,10 @@ class Pipeline:
         if not self._writer.healthy:
             raise StoreUnavailable("lineage store unavailable; no answer can be audited")
         assert isinstance(route, OpenAIRoute)
-        upstream_model = route.upstream_model or body["model"]
+        # a model named by the registry is known once the route's snapshot is pinned
+        upstream_model = route.upstream_model or (
+            None if route.upstream_model_from else body["model"]
+        )
         # tracing: the record joins the gateway's own server span; otherwise the caller's ids
         trace_id, span_id = self._tracing.record_ids() or parse_traceparent(traceparent)
         ex = Exchange(
@@ -153,13 +169,15 @@ class Pipeline:
                     attr.PROVENANT_TENANT_ID: str(principal.tenant_id),
                 }
             )
+        served = await self._pin_model(ex, route) if route.registry is not None else None
         engine = self._policies.engine
         facts: Facts | None = None
         if engine is not None:
-            facts = await self._pre_policies(engine, ex, route)
-        payload = {**ex.body, "model": upstream_model}
+            model = None if served is None else served.snapshot.content
+            facts = await self._pre_policies(engine, ex, route, model)
+        payload = {**ex.body, "model": ex.upstream_model}
         span = self._tracing.start_chat(
-            upstream=route.upstream, request_model=upstream_model, body=payload
+            upstream=route.upstream, request_model=ex.upstream_model or "", body=payload
         )
         # the upstream continues the trace from the chat span (or the caller's, not tracing)
         traceparent = traceparent_of(span) or traceparent
@@ -278,13 +296,15 @@ class Pipeline:
         }
         return AuditedStream(upstream, finish, headers, hold=hold)
 
-    async def _pre_policies(self, engine: Engine, ex: Exchange, route: OpenAIRoute) -> Facts:
+    async def _pre_policies(
+        self, engine: Engine, ex: Exchange, route: OpenAIRoute, model: dict[str, Any] | None
+    ) -> Facts:
         """Run the pre-stage policies; refuse, redact the prompt or set the storage mode.
         Returns the facts the post stage extends with the answer."""
         tenant = ex.principal.tenant
         ex.policy_bundle_sha256 = engine.sha256
         messages = ex.body.get("messages")
-        facts = Facts(route.name, route.kind, tenant, message_texts(messages))
+        facts = Facts(route.name, route.kind, tenant, message_texts(messages), model)
         storage = engine.storage(route.name, route.kind, tenant, facts.memo)
         ex.content_mode, ex.redact = storage.mode, storage.redact
         ex.retention = engine.retention(route.name, route.kind, tenant)
@@ -336,6 +356,25 @@ class Pipeline:
         exc.headers[AUDIT_HEADER] = str(ex.id)
         exc.provenance = provenance(ex, None, None)
         raise exc
+
+    async def _pin_model(self, ex: Exchange, route: OpenAIRoute) -> Served:
+        """Pin the answer to the route's current model snapshot (a dict lookup when the cache
+        is warm); a route whose lineage is unavailable is refused, and the refusal recorded."""
+        assert self.models is not None
+        served: Served | None = self.models.current(route.name)
+        if served is None:
+            try:
+                served = await self.models.resolve(route.name)
+            except LineageUnavailable as exc:
+                await self._record_failure(ex, exc)
+                raise
+        ex.model_snapshot_id = served.snapshot.id
+        ex.model_snapshot_sha256 = served.snapshot.sha256
+        ex.model_lineage = served.view
+        ex.lineage_stale = served.stale
+        if route.upstream_model_from is not None:
+            ex.upstream_model = served.upstream_model
+        return served
 
     async def _record_failure(self, ex: Exchange, exc: ProvenantError) -> None:
         """Record an answer that failed upstream; the client still gets the original error."""

@@ -108,6 +108,10 @@ def record_document(
         doc["retention_class"] = row["retention_class"]
         until = row["retain_until"]
         doc["retain_until"] = None if until is None else timestamp(until)
+    # present only on records of registry-linked routes, so the leaves of records without a
+    # registry link (and of every record written before the field existed) are unchanged
+    if row.get("lineage_stale") is not None:
+        doc["lineage_stale"] = bool(row["lineage_stale"])
     doc["retrievals"] = [
         [
             r["rank"],

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 from filelock import FileLock, Timeout
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text
@@ -28,6 +29,7 @@ from service.integrity import merkle
 from service.integrity.models import Checkpoint, LogEntry, LogPending, SigningKey, TreeNode
 from service.integrity.signing import Signer, b64url, checkpoint_body
 
+_T = TypeVar("_T")
 log = logging.getLogger("provenant.sealer")
 
 _ADVISORY_KEY = 0x70766E7453454C  # "pvntSEL": the sealer's PostgreSQL advisory lock
@@ -212,11 +214,23 @@ async def seal_periodically(
     while True:
         try:
             if not registered:
-                await asyncio.to_thread(sealer.register_key)
+                await _finish_in_thread(sealer.register_key)
                 registered = True
-            done = await asyncio.to_thread(sealer.seal)
+            done = await _finish_in_thread(sealer.seal)
             if done and on_sealed is not None:
                 on_sealed(done)
         except Exception as exc:  # the loop must outlive any one failure
             log.warning("sealing failed: %s: %s", type(exc).__name__, exc)
         await asyncio.sleep(interval_s)
+
+
+async def _finish_in_thread(fn: Callable[[], _T]) -> _T:
+    """Run ``fn`` in a worker thread; if cancelled meanwhile (shutdown), wait for the thread
+    before re-raising, so the engine is not disposed under a connection still checked out."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await work
+        raise

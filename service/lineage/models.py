@@ -24,6 +24,7 @@ class RecordStatus(StrEnum):
     upstream_rejected = "upstream_rejected"
     client_disconnected = "client_disconnected"
     policy_blocked = "policy_blocked"
+    lineage_unavailable = "lineage_unavailable"
 
 
 class AuditRecord(Base):
@@ -31,6 +32,7 @@ class AuditRecord(Base):
     __table_args__ = (
         Index("ix_audit_records_tenant_created", "tenant_id", "created_at"),
         Index("ix_audit_records_tenant_end_user", "tenant_id", "end_user"),
+        Index("ix_audit_records_tenant_snapshot", "tenant_id", "model_snapshot_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)  # UUIDv7: time-ordered
@@ -71,6 +73,9 @@ class AuditRecord(Base):
     model_snapshot_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("model_snapshots.id")
     )
+    # registry-linked routes only: true when the registry could not confirm the snapshot within
+    # the route's TTL (the last known version was served); NULL for routes without a registry
+    lineage_stale: Mapped[bool | None] = mapped_column(Boolean)
     policy_bundle_sha256: Mapped[str | None] = mapped_column(String(64))
     # retention (from the policy bundle; schema_version >= 2, covered by the leaf): after
     # retain_until the content may be erased by `provenant retention run`, hashes stay

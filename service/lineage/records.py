@@ -76,6 +76,10 @@ class Exchange:
     policy_view: list[dict[str, Any]] = field(default_factory=list)  # provenance.policies
     model_snapshot_id: uuid.UUID | None = None
     model_snapshot_sha256: str | None = None
+    # registry-linked routes: the snapshot's provenance fields, and whether the registry could
+    # not vouch for it within the TTL (None: the route has no registry link)
+    model_lineage: dict[str, Any] | None = None
+    lineage_stale: bool | None = None
     policy_bundle_sha256: str | None = None
     # how prompt and answer are stored: full, redacted (with ``redact``) or hash_only
     content_mode: str = "full"
@@ -150,6 +154,7 @@ class Exchange:
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "model_snapshot_id": self.model_snapshot_id,
+            "lineage_stale": self.lineage_stale,
             "policy_bundle_sha256": self.policy_bundle_sha256,
             "retention_class": None if self.retention is None else self.retention[0],
             "retain_until": (

@@ -21,6 +21,7 @@ class RecordFilter:
     route: str | None = None
     status: str | None = None
     end_user: str | None = None
+    model_snapshot_id: uuid.UUID | None = None
 
 
 def get(session: Session, tenant_id: uuid.UUID, record_id: uuid.UUID) -> AuditRecord | None:
@@ -49,6 +50,8 @@ def page(
         stmt = stmt.where(AuditRecord.status == flt.status)
     if flt.end_user is not None:
         stmt = stmt.where(AuditRecord.end_user == flt.end_user)
+    if flt.model_snapshot_id is not None:
+        stmt = stmt.where(AuditRecord.model_snapshot_id == flt.model_snapshot_id)
     if before is not None:
         stmt = stmt.where(AuditRecord.id < before)
     return list(session.scalars(stmt.order_by(AuditRecord.id.desc()).limit(limit)))

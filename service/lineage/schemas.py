@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from service.provenance.schemas import ModelLineageOut
+
 
 class AuditRecordSummary(BaseModel):
     """A record in a listing: the envelope, without prompt and answer text."""
@@ -37,6 +39,8 @@ class AuditRecordSummary(BaseModel):
     upstream_latency_ms: float | None
     trace_id: str | None
     span_id: str | None
+    model_snapshot_id: uuid.UUID | None
+    lineage_stale: bool | None
     created_at: datetime
     completed_at: datetime
     leaf_sha256: str | None
@@ -65,6 +69,8 @@ class AuditRecordOut(AuditRecordSummary):
     prompt: str | None
     answer: str | None
     choices: list[dict[str, Any]] | None
+    # registry-linked routes: the model snapshot that served the answer, as it was taken
+    model: ModelLineageOut | None = None
 
 
 class AuditRecordPage(BaseModel):

@@ -16,6 +16,9 @@ from service.lineage.schemas import (
     AuditRecordSummary,
     PolicyDecisionOut,
 )
+from service.provenance.models import ModelSnapshot
+from service.provenance.schemas import ModelLineageOut
+from service.provenance.snapshots import model_view
 from service.tenancy.auth import Principal
 
 
@@ -35,6 +38,11 @@ def read_record(session: Session, *, principal: Principal, record_id: uuid.UUID)
     out.policies = [
         PolicyDecisionOut.model_validate(d) for d in repository.decisions(session, record_id)
     ]
+    if record.model_snapshot_id is not None:
+        snap = session.get(ModelSnapshot, record.model_snapshot_id)
+        if snap is not None:
+            view = model_view(snap.id, snap.snapshot_sha256, snap.content)
+            out.model = ModelLineageOut.model_validate(view)
     return out
 
 

@@ -39,6 +39,9 @@ ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     ("POST", "/v1/admin/erasure"): ADMIN,
     ("POST", "/v1/admin/retention/run"): ADMIN,
     ("GET", "/metrics"): SCRAPERS,
+    ("GET", "/v1/lineage/models"): READERS,
+    ("GET", "/v1/lineage/models/{snapshot_id}"): READERS,
+    ("GET", "/v1/lineage/models/{snapshot_id}/answers"): READERS,
 }
 
 

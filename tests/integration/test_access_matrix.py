@@ -84,6 +84,15 @@ CALLS: dict[tuple[str, str], Call] = {
     ),
     ("POST", "/v1/admin/retention/run"): Call(body=lambda _: {"dry_run": True}),
     ("GET", "/metrics"): Call(),
+    ("GET", "/v1/lineage/models"): Call(),
+    # the shared gateway has no registry-linked route, so no snapshot served this tenant:
+    # allowed roles get 404 here (tests/integration/test_model_lineage.py covers the 200s)
+    ("GET", "/v1/lineage/models/{snapshot_id}"): Call(
+        params=lambda _: {"snapshot_id": str(uuid.UUID(int=1))}, ok=frozenset({404})
+    ),
+    ("GET", "/v1/lineage/models/{snapshot_id}/answers"): Call(
+        params=lambda _: {"snapshot_id": str(uuid.UUID(int=1))}, ok=frozenset({404})
+    ),
 }
 
 ROLES: list[Role | None] = [None, *Role]

@@ -15,9 +15,12 @@ from starlette.types import Receive, Scope, Send
 from service import __version__
 from service.config import RoutesFile, Settings, load_routes
 from service.db.engine import make_engine, make_sessionmaker
+from service.documents import endpoints as document_endpoints
+from service.documents.registry import Registry
 from service.errors import install_handlers
 from service.gateway import endpoints as gateway_endpoints
 from service.gateway.backends.openai import OpenAIBackend, new_client_session
+from service.gateway.backends.rag import Plans
 from service.gateway.fastpath import is_chat_completion, serve_chat_completion
 from service.gateway.pipeline import Pipeline
 from service.gateway.writer import AuditWriter
@@ -27,6 +30,7 @@ from service.integrity import signing
 from service.integrity.log import Sealer, seal_periodically
 from service.integrity.receipts import Receipts
 from service.lineage import endpoints as lineage_endpoints
+from service.retrieval.retriever import Retriever
 from service.tenancy.auth import KeyResolver
 
 log = logging.getLogger("provenant")
@@ -73,16 +77,20 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
         )
         sealer = Sealer(engine, signer)
         sealing = asyncio.create_task(seal_periodically(sealer, settings.seal_interval_s))
+        registry = await run_in_threadpool(Registry.build, settings, sessions)
         app.state.settings = settings
         app.state.sessions = sessions
         app.state.writer = writer
         app.state.keys = KeyResolver(sessions, settings.key_cache_ttl_s)
         app.state.sealer = sealer
+        app.state.registry = registry
+        backend = OpenAIBackend(http)
         app.state.pipeline = Pipeline(
             routes.by_name(),
-            OpenAIBackend(http),
+            backend,
             writer,
             Receipts(signer, settings.max_merge_delay_s),
+            Plans(routes.by_name(), backend, Retriever(registry), sessions),
         )
         app.state.draining = False
         try:
@@ -93,6 +101,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await sealing
             await http.close()
+            await run_in_threadpool(registry.close)
             await run_in_threadpool(writer.stop)
             engine.dispose()
 
@@ -107,6 +116,7 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
     app.include_router(gateway_endpoints.router)
     app.include_router(lineage_endpoints.router)
     app.include_router(integrity_endpoints.router)
+    app.include_router(document_endpoints.router)
     return app
 
 

@@ -180,6 +180,15 @@ def _integrity_commands() -> None:
 _integrity_commands()
 
 
+def _document_commands() -> None:
+    from service.documents import cli as documents
+
+    app.command()(documents.ingest)
+
+
+_document_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -56,6 +56,26 @@ class PayloadTooLarge(ProvenantError):
     code = "payload_too_large"
 
 
+class UnsupportedDocumentType(ProvenantError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_document_type"
+
+
+class EmptyDocument(InvalidRequest):
+    code = "empty_document"
+
+
+class CorruptDocument(InvalidRequest):
+    code = "corrupt_document"
+
+
+class Conflict(ProvenantError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class ClientClosedRequest(ProvenantError):
     """The client went away before its request was read; nobody is left to answer."""
 
@@ -96,6 +116,18 @@ class StoreUnavailable(ProvenantError):
     status = 503
     type = "api_error"
     code = "lineage_store_unavailable"
+
+
+class VectorStoreUnavailable(ProvenantError):
+    status = 503
+    type = "api_error"
+    code = "vector_store_unavailable"
+
+
+class EmbeddingsUnavailable(ProvenantError):
+    status = 503
+    type = "api_error"
+    code = "embeddings_unavailable"
 
 
 class UpstreamError(ProvenantError):

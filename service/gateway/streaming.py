@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -86,6 +86,18 @@ class StreamEnd:
 Finisher = Callable[[StreamAccumulator, StreamEnd], Awaitable[dict[str, Any]]]
 
 
+class EventSource(Protocol):
+    """What the relay reads: an upstream's ``aiohttp.ClientResponse``, or a built-in generator's
+    events (``extractive``)."""
+
+    @property
+    def content(self) -> AsyncIterable[bytes]: ...
+
+    def release(self) -> Any: ...
+
+    def close(self) -> Any: ...
+
+
 def sse(payload: dict[str, Any]) -> bytes:
     """One SSE event."""
     return b"data: " + orjson.dumps(payload) + b"\n\n"
@@ -95,10 +107,15 @@ class AuditedStream(Response):
     """An ASGI response relaying an upstream SSE stream, auditing it before it ends."""
 
     def __init__(
-        self, upstream: aiohttp.ClientResponse, finish: Finisher, headers: dict[str, str]
+        self,
+        upstream: EventSource,
+        finish: Finisher,
+        headers: dict[str, str],
+        observe: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._upstream = upstream
         self._finish = finish
+        self._observe = observe
         self.status_code = 200
         self.background = None
         self._start_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
@@ -216,6 +233,8 @@ class AuditedStream(Response):
                     msg = str((chunk.get("error") or {}).get("message", "upstream error"))
                     return StreamEnd(RecordStatus.upstream_error, UpstreamError(msg[:500]))
                 self._acc.feed(chunk)
+                if self._observe is not None:
+                    self._observe(chunk)
                 await send(
                     {
                         "type": "http.response.body",

@@ -102,17 +102,7 @@ def record_document(
     doc["created_at"] = timestamp(row["created_at"])
     doc["completed_at"] = timestamp(row["completed_at"])
     doc["model_snapshot_sha256"] = snapshot_sha256
-    doc["retrievals"] = [
-        [
-            r["rank"],
-            None if r["chunk_id"] is None else str(r["chunk_id"]),
-            r["source_ref"],
-            _float(r["score"]),
-            bool(r["cited"]),
-            r["verified"],
-        ]
-        for r in sorted(retrievals, key=lambda r: int(r["rank"]))
-    ]
+    doc["retrievals"] = [_retrieval(r) for r in sorted(retrievals, key=lambda r: int(r["rank"]))]
     doc["policies"] = [
         [
             d["policy_id"],
@@ -124,6 +114,26 @@ def record_document(
         for d in sorted(decisions, key=lambda d: (str(d["stage"]), str(d["policy_id"])))
     ]
     return doc
+
+
+def _retrieval(r: Mapping[str, Any]) -> list[Any]:
+    """A retrieval row in the leaf: rank, chunk, reference, score, cited, verified; then the
+    version, the chunk's text hash, superseded-at-answer-time and the digest of what an
+    external RAG app reported."""
+    version = r.get("document_version_id")
+    reported = r.get("reported")
+    return [
+        r["rank"],
+        None if r["chunk_id"] is None else str(r["chunk_id"]),
+        r["source_ref"],
+        _float(r["score"]),
+        bool(r["cited"]),
+        r["verified"],
+        None if version is None else str(version),
+        r.get("chunk_sha256"),
+        r.get("superseded"),
+        None if reported is None else digest(reported),
+    ]
 
 
 def event_document(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,32 @@ class AuditRecordSummary(BaseModel):
     leaf_sha256: str | None
 
 
+class RecordSource(BaseModel):
+    """A source of the answer as the record keeps it, resolved against the registry."""
+
+    ref: int
+    chunk_id: uuid.UUID | None
+    document_id: uuid.UUID | None
+    collection: str | None
+    title: str | None
+    source_uri: str | None
+    version: int | None
+    version_id: uuid.UUID | None
+    content_sha256: str | None
+    page: int | None
+    char_start: int | None
+    char_end: int | None
+    chunk_sha256: str | None
+    score: float | None
+    cited: bool
+    verified: bool | None
+    superseded: bool | None  # at answer time
+    current_at_answer_time: bool | None
+    superseded_at: datetime | None  # when the version was superseded, even after the answer
+    source_ref: str | None
+    reported: dict[str, Any] | None
+
+
 class AuditRecordOut(AuditRecordSummary):
     """A whole record."""
 
@@ -51,6 +77,7 @@ class AuditRecordOut(AuditRecordSummary):
     prompt: str | None
     answer: str | None
     choices: list[dict[str, Any]] | None
+    sources: list[RecordSource] = []
 
 
 class AuditRecordPage(BaseModel):

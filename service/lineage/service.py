@@ -9,7 +9,12 @@ from sqlalchemy.orm import Session
 from service.errors import NotFound
 from service.lineage import repository
 from service.lineage.repository import RecordFilter
-from service.lineage.schemas import AuditRecordOut, AuditRecordPage, AuditRecordSummary
+from service.lineage.schemas import (
+    AuditRecordOut,
+    AuditRecordPage,
+    AuditRecordSummary,
+    RecordSource,
+)
 from service.tenancy.auth import Principal
 
 
@@ -18,7 +23,47 @@ def read_record(session: Session, *, principal: Principal, record_id: uuid.UUID)
     record = repository.get(session, principal.tenant_id, record_id)
     if record is None:
         raise NotFound(f"no audit record {record_id}")
-    return AuditRecordOut.model_validate(record)
+    out = AuditRecordOut.model_validate(record)
+    out.sources = _sources(session, record_id)
+    return out
+
+
+def _sources(session: Session, record_id: uuid.UUID) -> list[RecordSource]:
+    """The record's sources; "current at answer time" comes from the retrieval row (a
+    snapshot), the registry adds when the version was superseded, possibly since."""
+    out: list[RecordSource] = []
+    for r, chunk, version, doc, supersession in repository.sources(session, record_id):
+        reported = r.reported or {}
+        out.append(
+            RecordSource(
+                ref=r.rank,
+                chunk_id=r.chunk_id,
+                document_id=doc.id if doc else None,
+                collection=doc.collection if doc else None,
+                title=version.title if version else _str(reported.get("title")),
+                source_uri=doc.source_uri if doc else _str(reported.get("source_uri")),
+                version=version.version if version else None,
+                version_id=r.document_version_id,
+                content_sha256=version.content_sha256 if version else None,
+                page=chunk.page if chunk else None,
+                char_start=chunk.char_start if chunk else None,
+                char_end=chunk.char_end if chunk else None,
+                chunk_sha256=r.chunk_sha256,
+                score=r.score,
+                cited=r.cited,
+                verified=r.verified,
+                superseded=r.superseded,
+                current_at_answer_time=None if r.superseded is None else not r.superseded,
+                superseded_at=supersession.superseded_at if supersession else None,
+                source_ref=r.source_ref,
+                reported=r.reported,
+            )
+        )
+    return out
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def list_records(

@@ -26,6 +26,11 @@ ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     ("GET", "/v1/audit/checkpoints/{size}"): ANY_ROLE,
     ("GET", "/v1/audit/records/{record_id}/proof"): ANY_ROLE,
     ("GET", "/v1/audit/consistency"): ANY_ROLE,
+    # document registry: platform engineers ingest; anyone in the tenant may resolve sources
+    ("POST", "/v1/documents"): frozenset({Role.admin}),
+    ("GET", "/v1/documents"): ANY_ROLE,
+    ("GET", "/v1/documents/{document_id}/versions"): ANY_ROLE,
+    ("GET", "/v1/chunks/{chunk_id}"): ANY_ROLE,
 }
 
 

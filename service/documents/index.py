@@ -213,19 +213,24 @@ class VectorIndex:
             batch = structs[i : i + _UPSERT_BATCH]
             self._call(functools.partial(self._client.upsert, name, batch, wait=True))
 
-    def set_active(self, collection: str, version_ids: Sequence[uuid.UUID], active: bool) -> None:
-        """Switch every point of these versions on or off."""
-        if not version_ids:
+    def set_active(self, collection: str, chunk_ids: Sequence[uuid.UUID], active: bool) -> None:
+        """Switch these points on or off (by id: local mode would scan every point for a
+        filter, and persists each point it touches)."""
+        if not chunk_ids:
             return
         name = self.qdrant_name(collection)
-        selector = models.Filter(
-            should=[_match("version_id", str(v)) for v in version_ids],
-        )
+        ids: list[models.ExtendedPointId] = [str(c) for c in chunk_ids]
 
         def run() -> None:
             if self._dense_of(name) is None:
                 return
-            self._client.set_payload(name, payload={"active": active}, points=selector, wait=True)
+            for i in range(0, len(ids), 1000):
+                self._client.set_payload(
+                    name,
+                    payload={"active": active},
+                    points=models.PointIdsList(points=ids[i : i + 1000]),
+                    wait=True,
+                )
 
         self._call(run)
 

@@ -69,6 +69,13 @@ def chunks_by_text(
     return [ChunkContext(c, v, d, s) for c, v, d, s in rows]
 
 
+def chunk_ids(session: Session, version_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """The ids of every chunk of these versions."""
+    if not version_ids:
+        return []
+    return list(session.scalars(select(Chunk.id).where(Chunk.version_id.in_(list(version_ids)))))
+
+
 def document_by_uri(
     session: Session, tenant_id: uuid.UUID, collection: str, source_uri: str
 ) -> Document | None:

@@ -132,10 +132,14 @@ def ingest(
     with sessions() as session:
         doc = repository.document_by_uri(session, tenant_id, upload.collection, upload.source_uri)
         previous = repository.latest_version(session, doc.id) if doc is not None else None
-        if doc is not None and previous is not None and previous.content_sha256 == content_sha256:
-            history = repository.versions(session, doc.id)
-            _settle_index(index, upload.collection, previous, [v for v, s in history if s])
-            return IngestOut(status="unchanged", document=DocumentOut.of(doc, previous))
+        previous_ids = repository.chunk_ids(session, [previous.id]) if previous else []
+        unchanged = previous is not None and previous.content_sha256 == content_sha256
+        if doc is not None and unchanged:
+            superseded = [v.id for v, s in repository.versions(session, doc.id) if s is not None]
+            superseded_ids = repository.chunk_ids(session, superseded)
+    if doc is not None and previous is not None and unchanged:
+        _settle_index(index, upload.collection, previous_ids, superseded_ids)
+        return IngestOut(status="unchanged", document=DocumentOut.of(doc, previous))
 
     extracted = extract(upload.data, media_type, max_pages=limits.max_pages)
     passages = chunk_pages(
@@ -238,7 +242,7 @@ def ingest(
                 "the document could not be registered in the lineage store; nothing was ingested"
             ) from exc
         raise
-    _settle_index(index, upload.collection, version, [previous] if previous else [])
+    _settle_index(index, upload.collection, [c.id for c in chunks], previous_ids)
     return IngestOut(
         status="new_version" if previous is not None else "created",
         document=DocumentOut.of(doc, version),
@@ -275,11 +279,11 @@ def _title(upload: Upload, extracted: str | None) -> str:
 
 
 def _settle_index(
-    index: VectorIndex, collection: str, current: DocumentVersion, old: list[DocumentVersion]
+    index: VectorIndex, collection: str, current: list[uuid.UUID], old: list[uuid.UUID]
 ) -> None:
-    """Make the current version's points searchable and the older ones' not."""
-    index.set_active(collection, [current.id], True)
-    index.set_active(collection, [v.id for v in old], False)
+    """Make the current version's points searchable and older versions' not."""
+    index.set_active(collection, current, True)
+    index.set_active(collection, old, False)
 
 
 def _compensate(index: VectorIndex, collection: str, chunk_ids: list[uuid.UUID]) -> None:

@@ -5,7 +5,7 @@ One run, everything on loopback, side by side:
 1. **Ingestion** of generated multi-page PDFs through the real path (``documents.service.ingest``,
    what ``provenant ingest`` runs): pages/s and chunks/s, beside the rate of extraction and
    chunking alone (pypdf + chunker, in memory), so the share of the stores is visible.
-2. The collection grows (generated Markdown policies, same ingest path) to each size of
+2. Another collection grows (generated Markdown policies, same ingest path) to each size of
    ``--sizes``; at each size:
    - ``retrieve``: ``Retriever.search`` alone in-process (sparse query vector, Qdrant query with
      the tenant/active filter, SQL resolution of the hits), p50/p99;
@@ -127,14 +127,14 @@ class Store:
             self.registry.close()
             self.registry = None
 
-    def ingest(self, name: str, data: bytes) -> int:
+    def ingest(self, name: str, data: bytes, collection: str = "bench") -> int:
         registry = self.open()
         result = service.ingest(
             registry.sessions,
             registry.indexes.get(),
             registry.embedder,
             tenant_id=self.tenant_id,
-            upload=service.Upload(collection="bench", source_uri=name, data=data, filename=name),
+            upload=service.Upload(collection=collection, source_uri=name, data=data, filename=name),
             limits=registry.limits,
             actor="bench",
         )
@@ -219,6 +219,7 @@ def main() -> None:
     parser.add_argument("--qdrant-url", default=None, help="default: local mode in the work dir")
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     run_started = time.perf_counter()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     work = ROOT / "bench" / ".work" / f"rag-{datetime.now(UTC):%Y%m%d-%H%M%S}"
@@ -257,14 +258,14 @@ def main() -> None:
     log("ingesting the PDFs")
     store.open()
     t = time.perf_counter()
-    chunks = sum(store.ingest(f"pdf/{i}.pdf", data) for i, data in enumerate(pdfs))
+    chunks = sum(store.ingest(f"{i}.pdf", data, "pdf") for i, data in enumerate(pdfs))
     ingest_s = time.perf_counter() - t
     pages = args.pdf_docs * args.pdf_pages
     ingestion = (pages, chunks, ingest_s, parse_s)
 
     # 2. retrieval at each size
     rows = []
-    total, n = chunks, 0
+    total, n = 0, 0
     for size in sizes:
         log(f"growing the collection to {size} chunks (now {total})")
         t, grown = time.perf_counter(), 0

@@ -253,6 +253,26 @@ def test_a_retrieval_made_to_look_current_or_pointed_at_other_text_is_named(
     assert kinds(store.verify()) == {("altered", str(store.rag_record))}
 
 
+def test_a_chunk_whose_text_changed_is_named_with_the_record_that_was_given_it(
+    store: Store,
+) -> None:
+    with store.engine.connect() as conn:
+        rid = _hex(conn, store.rag_record)
+        chunk_id = conn.execute(
+            text("SELECT chunk_id FROM retrievals WHERE record_id = :id AND rank = 0"), {"id": rid}
+        ).scalar_one()
+    store.attack("UPDATE chunks SET text = 'Employees get 40 days.' WHERE id = :c", c=chunk_id)
+    problems = store.verify().problems
+    assert {(p.kind, p.entry_id) for p in problems} == {
+        ("altered", None),
+        ("altered", str(store.rag_record)),
+    }
+    # recomputing the chunk's own hash does not hide it: the record's leaf kept the old one
+    forged = hashlib.sha256(b"Employees get 40 days.").hexdigest()
+    store.attack("UPDATE chunks SET text_sha256 = :h WHERE id = :c", h=forged, c=chunk_id)
+    assert kinds(store.verify()) == {("altered", str(store.rag_record))}
+
+
 def test_a_changed_policy_outcome_is_named(store: Store) -> None:
     with store.engine.connect() as conn:
         rid = _hex(conn, store.rag_record)

@@ -161,6 +161,7 @@ class SourceFields(BaseModel):
     chunk_id: str = "chunk_id"
     source_uri: str = "source_uri"
     text: str = "text"
+    text_sha256: str = "text_sha256"
     title: str = "title"
     page: str = "page"
     score: str = "score"

@@ -144,20 +144,29 @@ def ingest(
     if len(files) > 1 and (title or source_uri):
         err.print("[red]error:[/red] --title and --source-uri apply to a single file")
         raise typer.Exit(2)
+    if not files:
+        err.print(f"no .txt, .md, .pdf, .html or .docx files under {path}")
+        raise typer.Exit(1)
     index = None
-    if gateway is None:
-        try:
-            index = VectorIndex.open(settings)
-        except VectorStoreUnavailable:
-            if settings.qdrant_url:
-                raise
-            gateway = _gateway_url(settings)
-            err.print(f"the vector store is held by a running gateway: ingesting through {gateway}")
-    if index is not None:
-        failed = _direct(settings, index, files, collection, tenant, title)
-    else:
-        assert gateway is not None
-        failed = _through_gateway(settings, gateway, key, files, collection, tenant, title)
+    try:
+        if gateway is None:
+            try:
+                index = VectorIndex.open(settings)
+            except VectorStoreUnavailable:
+                if settings.qdrant_url:
+                    raise
+                gateway = _gateway_url(settings)
+                err.print(
+                    f"the vector store is held by a running gateway: ingesting through {gateway}"
+                )
+        if index is not None:
+            failed = _direct(settings, index, files, collection, tenant, title)
+        else:
+            assert gateway is not None
+            failed = _through_gateway(settings, gateway, key, files, collection, tenant, title)
+    except ProvenantError as exc:  # a whole-run failure (store down, bad key...), not one file's
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
     if failed:
         raise typer.Exit(1)
 

@@ -110,14 +110,19 @@ def _utf8(data: bytes) -> str:
 
 
 def _text_title(text: str, media_type: str) -> str | None:
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        if media_type == "text/markdown":
-            heading = re.match(r"^#{1,6}\s+(.+?)\s*#*$", line)
-            return heading.group(1)[:500] if heading else None
+    """A Markdown file's first heading; a text file's first line when a blank line follows it."""
+    lines = text.lstrip().split("\n", 2)
+    first = lines[0].strip()
+    if media_type == "text/markdown":
+        for line in text.splitlines():
+            heading = re.match(r"^#{1,6}\s+(.+?)\s*#*$", line.strip())
+            if heading:
+                return heading.group(1)[:500]
+            if line.strip():
+                return None
         return None
+    if first and len(first) <= 120 and len(lines) > 1 and not lines[1].strip():
+        return first
     return None
 
 

@@ -4,10 +4,10 @@ Each reported entry is resolved against the caller's tenant's registry, and is `
 only on an exact match:
 
 - a chunk id or Qdrant point id (the same UUID here) that names a registered chunk, and, when
-  the entry also carries text or a source URI, the text's SHA-256 equals the chunk's and the URI
-  equals its document's;
-- otherwise a source URI and a text whose SHA-256 equals a chunk of that document (any version:
-  a superseded one verifies, and is reported ``superseded``).
+  the entry also carries text (or its SHA-256) or a source URI, the text's SHA-256 equals the
+  chunk's and the URI equals its document's;
+- otherwise a source URI and a text (or its SHA-256) whose SHA-256 equals a chunk of that
+  document (any version: a superseded one verifies, and is reported ``superseded``).
 
 Anything else (an unknown id, altered text, a fabricated source) is kept as reported with
 ``verified: false``. What the app reported is stored with every entry.
@@ -70,6 +70,14 @@ def _uuid(value: Any) -> uuid.UUID | None:
     return None
 
 
+def _sha256_hex(value: Any) -> str | None:
+    if isinstance(value, str) and len(value) == 64:
+        lowered = value.lower()
+        if all(c in "0123456789abcdef" for c in lowered):
+            return lowered
+    return None
+
+
 def _text(entry: dict[str, Any], key: str, limit: int = 1000) -> str | None:
     value = entry.get(key)
     return value[:limit] if isinstance(value, str) and value else None
@@ -121,7 +129,11 @@ def resolve(
             continue
         text = entry.get(fields.text) if isinstance(entry.get(fields.text), str) else None
         uri = _text(entry, fields.source_uri)
-        text_sha = hashlib.sha256(text.encode("utf-8")).hexdigest() if text is not None else None
+        text_sha = (
+            hashlib.sha256(text.encode("utf-8")).hexdigest()
+            if text is not None
+            else _sha256_hex(entry.get(fields.text_sha256))
+        )
         chunk_id = ids.get(i)
         match: repository.ChunkContext | None = None
         if chunk_id is not None:

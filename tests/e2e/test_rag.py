@@ -236,14 +236,16 @@ def test_passthrough_sources_are_verified_only_on_an_exact_match(
         {"chunk_id": foreign_id},  # 6: another tenant's chunk
         {"chunk_id": str(uuid.uuid4())},  # 7: an id nobody registered
         "just a string",  # 8: not even an object
+        {"source_uri": c["source_uri"], "text_sha256": c["text_sha256"].upper()},  # 9: URI + hash
+        {"source_uri": c["source_uri"], "text_sha256": "0" * 64},  # 10: a hash of nothing known
     ]
     external_rag.app[REPLY_KEY].update(
         answer="Use the portal [1][3] and ask HR [5].", sources=reported
     )
     answer = ask(rag_gateway, tenant.app, "external-rag", "how do I claim expenses?")
     sources = answer.model_extra["provenance"]["sources"]
-    assert [s["verified"] for s in sources] == [True, True, True] + [False] * 5
-    assert [s["cited"] for s in sources] == [True, False, True, False, True, False, False, False]
+    assert [s["verified"] for s in sources] == [True] * 3 + [False] * 5 + [True, False]
+    assert [s["cited"] for s in sources] == [True, False, True, False, True] + [False] * 5
     assert [s["chunk_id"] for s in sources[:3]] == [a["id"], b["id"], c["id"]]
     assert sources[2]["score"] == 0.5 and sources[0]["version"] == a["version"]
     assert sources[4]["title"] == "Bonus" and sources[4]["chunk_id"] is None

@@ -83,13 +83,19 @@ def test_source_paths_accept_dots_indexes_and_a_dollar_root() -> None:
 
 def test_the_extractive_generator_quotes_matching_sentences_with_markers() -> None:
     sources = [
-        Source(ref=1, text="# Leave\n\nEmployees get 25 days of leave. Ask HR for details."),
-        Source(ref=2, text="The canteen opens at eight."),
-        Source(ref=3, text="Unused leave days carry over until March."),
+        Source(ref=1, score=3.0, text="# Leave\n\nEmployees get 25 days of\nleave. Ask HR."),
+        Source(ref=2, score=2.5, text="The canteen opens at eight."),
+        Source(ref=3, score=2.0, text="Unused leave days carry over until March."),
+        Source(ref=4, score=0.5, text="Leave days are counted in the leave portal."),
     ]
-    answer = extractive_answer("how many leave days do employees get", sources, max_quotes=3)
-    assert '"Employees get 25 days of leave. Ask HR for details." [1]' in answer
-    assert "[3]" in answer and "[2]" not in answer
+    answer = extractive_answer("how many leave days carry over", sources, max_quotes=3)
+    # re-flowed across the line break; a short sentence takes the next one along
+    assert '- "Employees get 25 days of leave. Ask HR." [1]' in answer
+    assert '- "Unused leave days carry over until March." [3]' in answer
+    assert "[2]" not in answer  # no shared term
+    assert "[4]" not in answer  # retrieved with under half the best score
+    only_common = extractive_answer("leave", sources[:1] + sources[2:3], max_quotes=3)
+    assert "[1]" in only_common and "[3]" in only_common
     assert extractive_answer("parking", sources, max_quotes=3) == NO_ANSWER
 
 

@@ -184,6 +184,7 @@ def _document_commands() -> None:
     from service.documents import cli as documents
 
     app.command()(documents.ingest)
+    app.command()(documents.reindex)
 
 
 _document_commands()

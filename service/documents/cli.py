@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from service.config import Settings
 from service.documents.extract import MEDIA_TYPES
@@ -248,3 +248,56 @@ def _through_gateway(
                 raise ProvenantError(f"gateway unreachable: {type(exc).__name__}") from exc
 
         return _run(files, collection, one)
+
+
+def reindex(
+    collection: Annotated[
+        str | None, typer.Option(help="one collection (default: every collection)")
+    ] = None,
+) -> None:
+    """Rebuild the vector index from the document registry in SQL (e.g. after moving from local
+    mode to a Qdrant server, or losing the index); also removes points SQL does not know.
+
+    In local mode, stop the gateway first: it holds the store.
+    """
+    from service.db.engine import make_engine, make_sessionmaker
+    from service.documents import repository, service
+    from service.documents.embeddings import Embedder
+    from service.documents.index import VectorIndex
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    embedder = Embedder.from_settings(settings)
+    try:
+        index = VectorIndex.open(settings)
+    except ProvenantError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+    try:
+        with sessions() as session:
+            names = [collection] if collection else repository.collections(session)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=err, transient=True) as progress:
+            for name in names:
+                task = progress.add_task(name, total=None)
+
+                def advance(done: int, total: int, task: TaskID = task) -> None:
+                    progress.update(task, completed=done, total=total)
+
+                counts = service.reindex(
+                    sessions, index, embedder, collection=name, progress=advance
+                )
+                progress.console.print(
+                    f"{name}: {counts['versions']} versions, {counts['chunks']} chunks "
+                    f"({counts['active']} active), "
+                    f"{counts['orphans_deleted']} orphan points deleted"
+                )
+    except ProvenantError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+    finally:
+        index.close()
+        if embedder is not None:
+            embedder.close()
+        engine.dispose()

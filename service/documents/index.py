@@ -271,6 +271,25 @@ class VectorIndex:
 
         return self._call(run)
 
+    def point_ids(self, collection: str) -> set[str]:
+        """Every point id in the collection (for ``provenant reindex``'s orphan sweep)."""
+        name = self.qdrant_name(collection)
+
+        def run() -> set[str]:
+            out: set[str] = set()
+            if self._dense_of(name) is None:
+                return out
+            offset: models.ExtendedPointId | None = None
+            while True:
+                points, offset = self._client.scroll(
+                    name, limit=1000, offset=offset, with_payload=False
+                )
+                out.update(str(p.id) for p in points)
+                if offset is None:
+                    return out
+
+        return self._call(run)
+
     def count(self, collection: str, **payload: Any) -> int:
         """Points matching payload values exactly (any activity state unless given)."""
         name = self.qdrant_name(collection)

@@ -145,3 +145,30 @@ def page_of_documents(
     if after is not None:
         stmt = stmt.where(Document.id > after)
     return [(d, v) for d, v in session.execute(stmt.order_by(Document.id).limit(limit))]
+
+
+def collections(session: Session) -> list[str]:
+    """Every collection that holds a document, of any tenant."""
+    return list(
+        session.scalars(select(Document.collection).distinct().order_by(Document.collection))
+    )
+
+
+def versions_of_collection(
+    session: Session, collection: str
+) -> list[tuple[DocumentVersion, Document, bool]]:
+    """Every version in a collection (all tenants) with its document and whether it is current."""
+    rows = session.execute(
+        select(DocumentVersion, Document, DocumentSupersession.version_id)
+        .join(Document, Document.id == DocumentVersion.document_id)
+        .outerjoin(DocumentSupersession, DocumentSupersession.version_id == DocumentVersion.id)
+        .where(Document.collection == collection)
+        .order_by(DocumentVersion.ingested_at)
+    )
+    return [(v, d, superseded is None) for v, d, superseded in rows]
+
+
+def version_chunks(session: Session, version_id: uuid.UUID) -> list[Chunk]:
+    return list(
+        session.scalars(select(Chunk).where(Chunk.version_id == version_id).order_by(Chunk.ordinal))
+    )

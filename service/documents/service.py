@@ -14,7 +14,8 @@ Ingestion keeps SQL and Qdrant consistent without a distributed transaction:
 
 A crash between 2 and 3 leaves inactive points no search returns; a crash between 3 and 4
 leaves the previous version searchable, which records then report as superseded. Re-ingesting
-the same content finishes step 4 (it is otherwise a no-op), as does ``provenant reindex``.
+the same content finishes step 4 (it is otherwise a no-op); ``provenant reindex`` rebuilds a
+whole collection's points from SQL and sweeps points SQL does not know.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import hashlib
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,6 +250,55 @@ def ingest(
         document=DocumentOut.of(doc, version),
         superseded_version=previous.version if previous is not None else None,
     )
+
+
+def reindex(
+    sessions: sessionmaker[Session],
+    index: VectorIndex,
+    embedder: Embedder | None,
+    *,
+    collection: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, int]:
+    """Rebuild a collection's points from SQL (every tenant): the text is in SQL, so a lost or
+    new vector store (local mode to a server, say) is filled again. Points get the same ids;
+    current versions end active, superseded ones inactive, and points whose chunk SQL does not
+    know (left by an interrupted ingestion) are deleted."""
+    with sessions() as session:
+        versions = repository.versions_of_collection(session, collection)
+    known: set[str] = set()
+    counts = {"versions": len(versions), "chunks": 0, "active": 0, "orphans_deleted": 0}
+    for done, (version, doc, current) in enumerate(versions, start=1):
+        with sessions() as session:
+            chunks = repository.version_chunks(session, version.id)
+        dense = embedder.embed([c.text for c in chunks]) if embedder is not None else None
+        has_dense = index.prepare(collection, len(dense[0]) if dense else None)
+        index.add(
+            collection,
+            [
+                IndexPoint(
+                    chunk_id=c.id,
+                    tenant_id=c.tenant_id,
+                    document_id=doc.id,
+                    version_id=version.id,
+                    page=c.page,
+                    sparse=passage_vector(c.text),
+                    dense=dense[i] if dense is not None and has_dense else None,
+                )
+                for i, c in enumerate(chunks)
+            ],
+        )
+        if current:
+            index.set_active(collection, [c.id for c in chunks], True)
+            counts["active"] += len(chunks)
+        known.update(str(c.id) for c in chunks)
+        counts["chunks"] += len(chunks)
+        if progress is not None:
+            progress(done, len(versions))
+    orphans = [uuid.UUID(p) for p in index.point_ids(collection) - known]
+    index.delete(collection, orphans)
+    counts["orphans_deleted"] = len(orphans)
+    return counts
 
 
 def _raced(

@@ -4,8 +4,10 @@ input refused with nothing half-ingested, SQL and Qdrant kept consistent, tenant
 from __future__ import annotations
 
 import hashlib
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -319,3 +321,45 @@ def test_an_unreachable_vector_store_refuses_ingestion_with_nothing_registered(
         assert documents(server, keys.auditor) == []
     finally:
         server.stop()
+
+
+def test_reindex_rebuilds_a_lost_index_from_sql_and_sweeps_orphans(
+    database_url: str, tmp_path: Path, sessions: sessionmaker[Session], tenant: TenantKeys
+) -> None:
+    from service.documents import service
+    from service.documents.index import IndexPoint
+
+    settings = make_settings(database_url, tmp_path / "data")
+    tid = tenant_id(sessions, tenant.tenant)
+    limits = service.Limits.of(settings)
+
+    def ingest(index: VectorIndex, uri: str, text_: str) -> str:
+        upload = service.Upload(
+            collection="lost", source_uri=uri, data=text_.encode(), filename=uri
+        )
+        out = service.ingest(
+            sessions, index, None, tenant_id=tid, upload=upload, limits=limits, actor="test"
+        )
+        return str(out.document.latest_version.id)
+
+    index = VectorIndex.open(settings)
+    ingest(index, "leave.md", LEAVE_V1)
+    current = ingest(index, "leave.md", LEAVE_V2)
+    other = ingest(index, "safety.md", "# Safety\n\nFire exits are green.")
+    index.close()
+    shutil.rmtree(settings.qdrant_location())  # the vector store is lost
+
+    index = VectorIndex.open(settings)
+    try:
+        assert index.active_versions("lost", tid) == {}
+        stray = IndexPoint(uuid.uuid4(), tid, uuid.uuid4(), uuid.uuid4(), None, query_vector("x"))
+        index.prepare("lost", None)
+        index.add("lost", [stray])
+        counts = service.reindex(sessions, index, None, collection="lost")
+        assert counts == {"versions": 3, "chunks": 3, "active": 2, "orphans_deleted": 1}
+        assert index.active_versions("lost", tid) == {current: 1, other: 1}
+        assert index.count("lost") == 3  # version 1's point is back, inactive
+        hits = index.search("lost", tid, query_vector("paid leave days"), None, 5)
+        assert len(hits) == 1
+    finally:
+        index.close()

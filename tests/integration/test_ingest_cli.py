@@ -91,3 +91,9 @@ def test_ingest_alone_then_through_a_running_gateway(tmp_path: Path) -> None:
         assert cited and cited[0]["source_uri"] == "leave-policy.md" and cited[0]["version"] == 2
     finally:
         gateway.stop()
+
+    # the gateway is gone: rebuild the index from SQL, as after moving to a Qdrant server
+    shutil.rmtree(data / "qdrant")
+    rebuilt = provenant(env, "reindex")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "handbook: 6 versions" in rebuilt.stderr and "0 orphan points deleted" in rebuilt.stderr

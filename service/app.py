@@ -101,9 +101,12 @@ def create_app(settings: Settings, routes: RoutesFile | None = None) -> Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await sealing
             await http.close()
-            await run_in_threadpool(registry.close)
             await run_in_threadpool(writer.stop)
             engine.dispose()
+            try:  # last, and never in the way of the store's shutdown
+                await run_in_threadpool(registry.close)
+            except Exception:
+                log.exception("closing the vector index failed")
 
     app = Gateway(
         title="Provenant",

@@ -163,31 +163,36 @@ class VectorIndex:
             dense = self._dense_of(name)
             if dense is not None:
                 return dense
-            self._client.create_collection(
-                name,
-                vectors_config=(
-                    {DENSE: models.VectorParams(size=dense_size, distance=models.Distance.COSINE)}
-                    if dense_size
-                    else {}
-                ),
-                sparse_vectors_config={
-                    SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)
-                },
-            )
-            if not self._local:  # payload indexes exist only on a server
-                self._client.create_payload_index(
-                    name,
-                    "tenant_id",
-                    models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
-                )
-                self._client.create_payload_index(name, "active", models.PayloadSchemaType.BOOL)
-                self._client.create_payload_index(
-                    name, "version_id", models.PayloadSchemaType.KEYWORD
-                )
+            try:
+                self._create(name, dense_size)
+            except UnexpectedResponse:  # another process created it meanwhile (a server)
+                created = self._dense_of(name)
+                if created is None:
+                    raise
+                return created
             self._known[name] = bool(dense_size)
             return bool(dense_size)
 
         return self._call(run)
+
+    def _create(self, name: str, dense_size: int | None) -> None:
+        self._client.create_collection(
+            name,
+            vectors_config=(
+                {DENSE: models.VectorParams(size=dense_size, distance=models.Distance.COSINE)}
+                if dense_size
+                else {}
+            ),
+            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        )
+        if not self._local:  # payload indexes exist only on a server
+            self._client.create_payload_index(
+                name,
+                "tenant_id",
+                models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+            )
+            self._client.create_payload_index(name, "active", models.PayloadSchemaType.BOOL)
+            self._client.create_payload_index(name, "version_id", models.PayloadSchemaType.KEYWORD)
 
     def add(self, collection: str, points: Sequence[IndexPoint]) -> None:
         """Write points, inactive (``activate`` makes them searchable)."""

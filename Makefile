@@ -19,10 +19,12 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 
 install: $(STAMP)
 
-## make run: install, migrate, create first-start keys, start the demo upstream and the gateway
+## make run: install, migrate, create first-start keys, ingest the sample handbook (a no-op when
+## unchanged), start the demo upstream and the gateway
 run: $(STAMP)
 	$(BIN)/provenant migrate
 	$(BIN)/provenant keys bootstrap
+	$(BIN)/provenant ingest samples/handbook --collection handbook --tenant default
 	@$(BIN)/provenant demo-upstream --port 8081 & DEMO=$$!; \
 	  trap 'kill $$DEMO 2>/dev/null' EXIT INT TERM; \
 	  $(BIN)/provenant serve

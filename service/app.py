@@ -19,9 +19,12 @@ from starlette.types import Message, Receive, Scope, Send
 from service import __version__
 from service.config import RoutesFile, Settings, load_routes
 from service.db.engine import make_engine, make_sessionmaker
+from service.documents import endpoints as document_endpoints
+from service.documents.registry import Registry
 from service.errors import HeadersTooLarge, ProvenantError, error_response, install_handlers
 from service.gateway import endpoints as gateway_endpoints
 from service.gateway.backends.openai import OpenAIBackend, new_client_session
+from service.gateway.backends.rag import Plans
 from service.gateway.fastpath import PATH, is_chat_completion, serve_chat_completion
 from service.gateway.pipeline import Pipeline
 from service.gateway.writer import AuditWriter
@@ -38,6 +41,7 @@ from service.privacy.erasure import retain_periodically
 from service.provenance import endpoints as provenance_endpoints
 from service.provenance.registry import configure_client
 from service.provenance.resolver import ModelResolver
+from service.retrieval.retriever import Retriever
 from service.telemetry import endpoints as telemetry_endpoints
 from service.telemetry.http import HttpObserver
 from service.telemetry.metrics import Metrics
@@ -147,6 +151,7 @@ def create_app(
         retaining = asyncio.create_task(retain_periodically(sessions, settings))
         metrics.watch_store(engine, writer)
         models = await _model_resolver(settings, routes, engine)
+        registry = await run_in_threadpool(Registry.build, settings, sessions)
         app.state.settings = settings
         app.state.metrics = metrics
         app.state.sessions = sessions
@@ -161,13 +166,16 @@ def create_app(
         )
         app.state.sealer = sealer
         app.state.policies = policies
+        app.state.registry = registry
+        backend = OpenAIBackend(http)
         app.state.pipeline = Pipeline(
             routes.by_name(),
-            OpenAIBackend(http),
+            backend,
             writer,
             Receipts(signer, settings.max_merge_delay_s),
             policies,
             models,
+            Plans(routes.by_name(), backend, Retriever(registry), sessions),
             tracing=tracer,
             metrics=metrics,
         )
@@ -188,6 +196,10 @@ def create_app(
             await run_in_threadpool(writer.stop)
             engine.dispose()
             await run_in_threadpool(tracer.shutdown)  # flush the last spans
+            try:  # last, and never in the way of the store's shutdown
+                await run_in_threadpool(registry.close)
+            except Exception:
+                log.exception("closing the vector index failed")
 
     app = Gateway(
         title="Provenant",
@@ -205,6 +217,7 @@ def create_app(
     app.include_router(privacy_endpoints.router)
     app.include_router(telemetry_endpoints.router)
     app.include_router(provenance_endpoints.router)
+    app.include_router(document_endpoints.router)
     return app
 
 

@@ -249,6 +249,16 @@ def _models_commands() -> None:
 _models_commands()
 
 
+def _document_commands() -> None:
+    from service.documents import cli as documents
+
+    app.command()(documents.ingest)
+    app.command()(documents.reindex)
+
+
+_document_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

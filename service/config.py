@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigError
@@ -63,6 +71,23 @@ class Settings(BaseSettings):
     model_max_staleness_s: float = Field(default=600.0, ge=0)
     mlflow_request_timeout_s: int = Field(default=10, ge=1, le=600)
     mlflow_max_retries: int = Field(default=0, ge=0, le=10)
+    # document registry and retrieval
+    qdrant_url: str | None = Field(default=None, description="Qdrant server; default local mode")
+    qdrant_api_key: SecretStr | None = None
+    qdrant_path: Path | None = Field(default=None, description="local mode; <data_dir>/qdrant")
+    qdrant_prefix: str = Field(default="provenant_", pattern=r"^[A-Za-z0-9_-]{0,32}$")
+    embeddings_url: str | None = Field(
+        default=None, description="OpenAI-compatible base URL (…/v1) for dense embeddings"
+    )
+    embeddings_model: str = Field(default="text-embedding-3-small", min_length=1)
+    embeddings_api_key: SecretStr | None = None
+    max_document_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_document_pages: int = Field(default=2000, ge=1)
+    chunk_chars: int = Field(default=1000, ge=200, le=8000)
+
+    def qdrant_location(self) -> Path:
+        """Where local-mode Qdrant keeps its files."""
+        return self.qdrant_path if self.qdrant_path is not None else self.data_dir / "qdrant"
 
     def signing_key_path(self) -> tuple[Path, bool]:
         """The key file, and whether it may be generated (only the embedded default may)."""
@@ -145,13 +170,12 @@ class RegistryLink(BaseModel):
         return tuple(mapped) if mapped else DEFAULT_FIELD_SOURCES[name]
 
 
-class OpenAIRoute(BaseModel):
-    """A route that proxies to an OpenAI-compatible upstream."""
+class UpstreamRoute(BaseModel):
+    """What every route that calls an OpenAI-compatible upstream has."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    kind: Literal["openai"] = "openai"
     upstream: str = Field(description="base URL ending in /v1")
     upstream_model: str | None = None
     # the upstream model name read from the resolved model version (e.g. ``tag:serving_name``,
@@ -169,7 +193,7 @@ class OpenAIRoute(BaseModel):
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _upstream_model_source(self) -> OpenAIRoute:
+    def _upstream_model_source(self) -> UpstreamRoute:
         if self.upstream_model_from is not None:
             if self.registry is None:
                 raise ValueError("upstream_model_from needs a registry: block")
@@ -178,7 +202,94 @@ class OpenAIRoute(BaseModel):
         return self
 
 
-Route = Annotated[OpenAIRoute, Field(discriminator="kind")]
+class OpenAIRoute(UpstreamRoute):
+    """A route that proxies to an OpenAI-compatible upstream."""
+
+    kind: Literal["openai"] = "openai"
+
+
+COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+EXTRACTIVE = "extractive"
+
+
+class ExtractiveRoute(BaseModel):
+    """Built-in, no LLM: answers by quoting the best passages of a collection with [n] markers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["extractive"] = "extractive"
+    collection: str = Field(pattern=COLLECTION_PATTERN)
+    top_k: int = Field(default=4, ge=1, le=50)
+    max_quotes: int = Field(default=3, ge=1, le=20)
+
+
+DEFAULT_PROMPT = (
+    "Answer the user's question using only the numbered sources below. After each statement, "
+    "cite the source it comes from by its number in square brackets, like [1] or [2][3]. If "
+    "the sources do not answer the question, say so.\n\nSources:\n{sources}"
+)
+
+
+class RagRoute(BaseModel):
+    """Retrieve from a collection, prompt a generator with numbered sources, parse [n] citations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["rag"] = "rag"
+    collection: str = Field(pattern=COLLECTION_PATTERN)
+    top_k: int = Field(default=5, ge=1, le=50)
+    generator: str = Field(
+        default=EXTRACTIVE, description="an `openai` route's name, or `extractive`"
+    )
+    prompt_template: str = Field(default=DEFAULT_PROMPT, min_length=1, max_length=20_000)
+    max_quotes: int = Field(default=3, ge=1, le=20)
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_sources(cls, value: str) -> str:
+        if "{sources}" not in value:
+            raise ValueError("prompt_template must contain the {sources} placeholder")
+        return value
+
+
+class SourceFields(BaseModel):
+    """Where each reported source of an external RAG app keeps what Provenant verifies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    point_id: str = "point_id"
+    chunk_id: str = "chunk_id"
+    source_uri: str = "source_uri"
+    text: str = "text"
+    text_sha256: str = "text_sha256"
+    title: str = "title"
+    page: str = "page"
+    score: str = "score"
+
+
+class RagPassthroughRoute(UpstreamRoute):
+    """An external RAG app (OpenAI protocol) that returns its sources in the response; each is
+    resolved against the document registry and marked verified or not."""
+
+    kind: Literal["rag-passthrough"] = "rag-passthrough"
+    sources_path: str = Field(
+        default="sources",
+        min_length=1,
+        max_length=500,
+        description="dotted JSON path to the sources list, e.g. choices.0.message.context.sources",
+    )
+    source_fields: SourceFields = SourceFields()
+    collection: str | None = Field(
+        default=None, pattern=COLLECTION_PATTERN, description="verify only against this one"
+    )
+
+
+Route = Annotated[
+    OpenAIRoute | RagRoute | ExtractiveRoute | RagPassthroughRoute, Field(discriminator="kind")
+]
+RETRIEVAL_KINDS = frozenset({"rag", "extractive", "rag-passthrough"})
 
 
 class RoutesFile(BaseModel):
@@ -209,6 +320,19 @@ class RoutesFile(BaseModel):
                 raise ValueError(f"duplicate route name {route.name!r}")
             seen.add(route.name)
         return routes
+
+    @model_validator(mode="after")
+    def _generators_exist(self) -> RoutesFile:
+        names = {route.name: route for route in self.routes}
+        for i, route in enumerate(self.routes):
+            if isinstance(route, RagRoute) and route.generator != EXTRACTIVE:
+                target = names.get(route.generator)
+                if target is None or target.kind != "openai":
+                    raise ValueError(
+                        f"routes.{i}.generator: {route.generator!r} is neither 'extractive' nor "
+                        "the name of an `openai` route"
+                    )
+        return self
 
     def by_name(self) -> dict[str, Route]:
         """Routes keyed by the model name clients send."""

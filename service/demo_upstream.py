@@ -13,20 +13,27 @@ the model name it is asked for, so one server covers every fault a proxy must su
 | ``cut-stream``   | streams two chunks, then drops the connection without [DONE]     |
 | ``drip-<ms>``    | streams one word every <ms> milliseconds (for disconnect tests)  |
 | ``stall-stream`` | streams one chunk, then goes silent                              |
+| ``cite-<refs>``  | answers citing sources ``<refs>`` (``cite-1_3`` → ``[1, 3]``)      |
 
-Tool definitions in the request make it answer with a tool call instead.
+Tool definitions in the request make it answer with a tool call instead. ``POST /v1/embeddings``
+returns deterministic 64-dimensional vectors (hashed words, L2-normalised), so texts sharing
+words are close: enough to exercise dense retrieval with no model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import time
+import zlib
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 REQUESTS_KEY = web.AppKey("requests", list)
+EMBEDDINGS_KEY = web.AppKey("embeddings", list)
 DELAY_KEY = web.AppKey("delay_s", float)
 
 
@@ -38,6 +45,41 @@ def _answer_text(body: dict[str, Any]) -> str:
                 content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
             return f"Echo: {content}"
     return "Echo: (no user message)"
+
+
+def _cited_answer(model: str) -> str:
+    refs = model.removeprefix("cite-").replace("_", ", ")
+    return f"According to the sources, the answer is in the documents [{refs}]."
+
+
+EMBEDDING_DIMENSIONS = 64
+
+
+def embedding(text: str) -> list[float]:
+    """A deterministic unit vector: each word adds 1 to the dimension its CRC-32 picks."""
+    vector = [0.0] * EMBEDDING_DIMENSIONS
+    for word in re.findall(r"\w+", text.lower()):
+        vector[zlib.crc32(word.encode()) % EMBEDDING_DIMENSIONS] += 1.0
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    body = await request.json(loads=orjson.loads)
+    request.app[EMBEDDINGS_KEY].append(body)
+    inputs = body.get("input")
+    texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    return web.json_response(
+        {
+            "object": "list",
+            "model": body.get("model"),
+            "data": [
+                {"object": "embedding", "index": i, "embedding": embedding(str(t))}
+                for i, t in enumerate(texts)
+            ],
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }
+    )
 
 
 def _usage(body: dict[str, Any], answer: str) -> dict[str, int]:
@@ -89,7 +131,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return _error(400, "demo upstream rejects this request")
     if model == "bad-json":
         return web.Response(text="{not json", content_type="application/json")
-    answer = _answer_text(body)
+    answer = _cited_answer(model) if model.startswith("cite-") else _answer_text(body)
     created = int(time.time())
     cid = f"chatcmpl-demo{time.monotonic_ns()}"
     n = int(body.get("n") or 1)
@@ -205,9 +247,11 @@ def make_app(delay_ms: float = 0.0) -> web.Application:
     """The demo upstream as an aiohttp application; ``app[REQUESTS_KEY]`` logs what it got."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[REQUESTS_KEY] = []
+    app[EMBEDDINGS_KEY] = []
     app[DELAY_KEY] = delay_ms / 1000
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/embeddings", embeddings)
     return app
 
 
@@ -221,6 +265,7 @@ def run(host: str = "127.0.0.1", port: int = 8081, delay_ms: float = 0.0) -> Non
             return await handler(request)  # type: ignore[no-any-return]
         finally:
             app[REQUESTS_KEY].clear()
+            app[EMBEDDINGS_KEY].clear()
 
     app.middlewares.append(forget)
     web.run_app(app, host=host, port=port, print=None, access_log=None)

@@ -72,6 +72,26 @@ class HeadersTooLarge(ProvenantError):
     code = "headers_too_large"
 
 
+class UnsupportedDocumentType(ProvenantError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_document_type"
+
+
+class EmptyDocument(InvalidRequest):
+    code = "empty_document"
+
+
+class CorruptDocument(InvalidRequest):
+    code = "corrupt_document"
+
+
+class Conflict(ProvenantError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class ClientClosedRequest(ProvenantError):
     """The client went away before its request was read; nobody is left to answer."""
 
@@ -154,6 +174,18 @@ class RegistryError(ProvenantError):
     status = 502
     type = "api_error"
     code = "registry_error"
+
+
+class VectorStoreUnavailable(ProvenantError):
+    status = 503
+    type = "api_error"
+    code = "vector_store_unavailable"
+
+
+class EmbeddingsUnavailable(ProvenantError):
+    status = 503
+    type = "api_error"
+    code = "embeddings_unavailable"
 
 
 class UpstreamError(ProvenantError):

@@ -18,14 +18,22 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.app import create_app
-from service.config import OpenAIRoute, RoutesFile, Settings, Timeouts
+from service.config import (
+    ExtractiveRoute,
+    OpenAIRoute,
+    RagPassthroughRoute,
+    RagRoute,
+    RoutesFile,
+    Settings,
+    Timeouts,
+)
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
 from service.tenancy.service import create_key
 from tests.support.db import create_postgres_database, drop_postgres_database, postgres_admin_url
 from tests.support.mlflow import MlflowServer, Registry
 from tests.support.secrets import ISSUED, LOGS, UPSTREAM_KEY, UPSTREAM_KEY_ENV, scan
-from tests.support.servers import GatewayServer, UpstreamServer
+from tests.support.servers import GatewayServer, UpstreamServer, external_rag_app
 
 QUICK = Timeouts(connect=2, read=0.5, total=5)
 os.environ[UPSTREAM_KEY_ENV] = UPSTREAM_KEY
@@ -165,6 +173,50 @@ def gateway(
 ) -> Iterator[GatewayServer]:
     settings = make_settings(database_url, tmp_path_factory.mktemp("data"), seal_interval_s=0.2)
     server = GatewayServer(create_app(settings, routes_for(upstream.base_url))).start()
+    yield server
+    server.stop()
+
+
+def rag_routes(upstream_url: str, external_url: str) -> RoutesFile:
+    """Sourced routes over the ``hr`` collection, their generators, and an external RAG app."""
+    return RoutesFile(
+        routes=[
+            OpenAIRoute(name="cite-first", upstream=upstream_url, upstream_model="cite-1"),
+            OpenAIRoute(name="cite-both", upstream=upstream_url, upstream_model="cite-1_2"),
+            OpenAIRoute(name="broken", upstream=upstream_url, upstream_model="fail-500"),
+            ExtractiveRoute(name="hr-assistant", collection="hr", top_k=3),
+            RagRoute(name="hr-rag", collection="hr", top_k=3, generator="cite-first"),
+            RagRoute(name="hr-rag-both", collection="hr", top_k=3, generator="cite-both"),
+            RagRoute(name="hr-rag-broken", collection="hr", top_k=3, generator="broken"),
+            RagPassthroughRoute(name="external-rag", upstream=external_url),
+        ]
+    )
+
+
+@pytest.fixture(scope="session")
+def external_rag() -> Iterator[UpstreamServer]:
+    server = UpstreamServer(external_rag_app()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rag_gateway(
+    database_url: str,
+    upstream: UpstreamServer,
+    external_rag: UpstreamServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GatewayServer]:
+    """A gateway with the sourced routes, its own local Qdrant, small chunks and uploads."""
+    settings = make_settings(
+        database_url,
+        tmp_path_factory.mktemp("rag-data"),
+        seal_interval_s=0.2,
+        max_document_bytes=256 * 1024,
+        chunk_chars=400,
+    )
+    app = create_app(settings, rag_routes(upstream.base_url, external_rag.base_url))
+    server = GatewayServer(app).start()
     yield server
     server.stop()
 

@@ -1,6 +1,7 @@
 """Every table, imported in one place for Alembic autogenerate and for tests."""
 
 from service.db.base import Base
+from service.documents.models import Chunk, Document, DocumentSupersession, DocumentVersion
 from service.integrity.models import Checkpoint, LogEntry, LogPending, SigningKey, TreeNode
 from service.lineage.models import AdminEvent, AuditRecord, PolicyDecision, Retrieval
 from service.privacy.models import LegalHold
@@ -13,6 +14,10 @@ __all__ = [
     "AuditRecord",
     "Base",
     "Checkpoint",
+    "Chunk",
+    "Document",
+    "DocumentSupersession",
+    "DocumentVersion",
     "LegalHold",
     "LogEntry",
     "LogPending",

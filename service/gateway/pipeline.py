@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from typing import Any
@@ -12,6 +13,7 @@ from starlette.responses import Response
 
 from service.config import OpenAIRoute, Route
 from service.errors import (
+    EmbeddingsUnavailable,
     LineageUnavailable,
     ModelNotFound,
     PolicyBlocked,
@@ -19,8 +21,10 @@ from service.errors import (
     StoreUnavailable,
     UpstreamRejected,
     UpstreamTimeout,
+    VectorStoreUnavailable,
 )
 from service.gateway.backends.openai import OpenAIBackend
+from service.gateway.backends.rag import Plan, Plans
 from service.gateway.streaming import AuditedStream, StreamAccumulator, StreamEnd
 from service.gateway.writer import AuditWriter
 from service.integrity.receipts import Receipts
@@ -28,8 +32,10 @@ from service.lineage.models import RecordStatus
 from service.lineage.records import Exchange, answer_text, parse_traceparent, redact_json
 from service.policies.bundle import Stage
 from service.policies.engine import Decision, Engine, Facts, Outcome
+from service.policies.engine import Source as PolicySource
 from service.policies.service import Policies
 from service.provenance.resolver import ModelResolver, Served
+from service.retrieval.sources import Source
 from service.telemetry import attributes as attr
 from service.telemetry.metrics import Metrics
 from service.telemetry.tracing import Tracing, traceparent_of
@@ -39,11 +45,15 @@ AUDIT_HEADER = "X-Provenant-Audit-Id"
 
 
 def provenance(
-    ex: Exchange, response_model: str | None, receipt: str | None = None
+    ex: Exchange,
+    response_model: str | None,
+    receipt: str | None = None,
+    sources: list[Source] | None = None,
 ) -> dict[str, Any]:
     """The ``provenance`` object every answer carries (``receipt``: the signed promise that
-    its record enters the log). ``model`` carries the registry snapshot on registry-linked
-    routes (``registry`` is null on the others)."""
+    its record enters the log; ``sources``: what a sourced route's answer came from).
+    ``model`` carries the registry snapshot on registry-linked routes (``registry`` is null
+    on the others)."""
     model: dict[str, Any] = {
         "requested": ex.body.get("model"),
         "upstream": ex.upstream_model,
@@ -58,7 +68,7 @@ def provenance(
         "audit_id": str(ex.id),
         "route": ex.route_name,
         "model": model,
-        "sources": [],
+        "sources": [s.api() for s in sources] if sources else [],
         "policies": ex.policy_view,
         "receipt": receipt,
     }
@@ -91,6 +101,8 @@ def _blocked_error(decision: Decision) -> PolicyBlocked:
 
 
 def _status_of(exc: ProvenantError) -> RecordStatus:
+    if isinstance(exc, VectorStoreUnavailable | EmbeddingsUnavailable):
+        return RecordStatus.retrieval_error
     if isinstance(exc, UpstreamTimeout):
         return RecordStatus.upstream_timeout
     if isinstance(exc, UpstreamRejected):
@@ -111,6 +123,7 @@ class Pipeline:
         receipts: Receipts,
         policies: Policies | None = None,
         models: ModelResolver | None = None,
+        plans: Plans | None = None,
         *,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
@@ -121,6 +134,7 @@ class Pipeline:
         self._writer = writer
         self._receipts = receipts
         self._policies = policies or Policies(None, None)
+        self._plans = plans
         self._tracing = tracing or Tracing.off()
         self._metrics = metrics or Metrics()
 
@@ -143,6 +157,8 @@ class Pipeline:
         route = self.route(body["model"])
         if not self._writer.healthy:
             raise StoreUnavailable("lineage store unavailable; no answer can be audited")
+        if route.kind != "openai":
+            return await self._sourced(principal, route, body, traceparent, started)
         assert isinstance(route, OpenAIRoute)
         # a model named by the registry is known once the route's snapshot is pinned
         upstream_model = route.upstream_model or (
@@ -296,8 +312,138 @@ class Pipeline:
         }
         return AuditedStream(upstream, finish, headers, hold=hold)
 
+    async def _sourced(
+        self,
+        principal: Principal,
+        route: Route,
+        body: dict[str, Any],
+        traceparent: str | None,
+        started: float,
+    ) -> Response | AuditedStream:
+        """Answer on a ``rag``, ``extractive`` or ``rag-passthrough`` route: the record also
+        keeps every source (retrieved or reported), cited or not, verified or not; policies
+        see the sources (citations, grounding, staleness)."""
+        assert self._plans is not None, "sourced routes need the document registry"
+        trace_id, span_id = self._tracing.record_ids() or parse_traceparent(traceparent)
+        ex = Exchange(
+            principal, route.name, route.kind, body, None, trace_id, span_id, started=started
+        )
+        engine = self._policies.engine
+        facts: Facts | None = None
+        if engine is not None:
+            facts = await self._pre_policies(engine, ex, route, None)
+        plan = self._plans.plan(principal, route, ex.body)  # the prompt as the policies left it
+        ex.upstream_model = plan.upstream_model
+        collection = getattr(route, "collection", None)
+        try:
+            if collection is None:
+                await plan.prepare()
+            else:
+                with self._tracing.retrieval(collection, top_k=getattr(route, "top_k", None)):
+                    await plan.prepare()
+        except ProvenantError as exc:
+            await self._record_failure(ex, exc)
+            raise
+        ex.retrievals = [s.retrieval_row() for s in plan.sources]  # kept if generation fails
+        if ex.stream:
+            hold = engine is not None and engine.buffers_stream(
+                route.name, route.kind, principal.tenant
+            )
+            return await self._stream_sourced(ex, plan, traceparent, engine, facts, hold)
+        try:
+            answer, ex.upstream_latency_ms = await plan.complete(traceparent)
+        except ProvenantError as exc:
+            await self._record_failure(ex, exc)
+            raise
+        choices = _choices(answer)
+        sources = await plan.settle(answer_text(choices), answer)
+        ex.retrievals = [s.retrieval_row() for s in sources]
+        if engine is not None and facts is not None:
+            post = self._decide(engine, Stage.post, _with_sources(facts, sources, choices))
+            _decided(ex, post)
+            if post.blocked is not None:
+                await self._refuse(ex, post.blocked, choices=choices, answer=answer)
+            if post.redact is not None:
+                choices = redact_json(choices, post.redact)
+                answer["choices"] = [
+                    {**c, "message": r["message"]}
+                    for c, r in zip(answer["choices"], choices, strict=False)
+                ]
+        row = ex.record_row(
+            status=RecordStatus.ok,
+            http_status=200,
+            choices=choices,
+            usage=answer.get("usage"),
+            response_model=answer.get("model"),
+            latency_ms=self._elapsed(ex),
+        )
+        await self._commit(ex, row)  # durable before the answer leaves
+        answer["provenance"] = provenance(
+            ex, answer.get("model"), self._receipts.issue(row, ex.delivered_sha256), sources
+        )
+        return Response(
+            orjson.dumps(answer), media_type="application/json", headers={AUDIT_HEADER: str(ex.id)}
+        )
+
+    async def _stream_sourced(
+        self,
+        ex: Exchange,
+        plan: Plan,
+        traceparent: str | None,
+        engine: Engine | None,
+        facts: Facts | None,
+        hold: bool,
+    ) -> AuditedStream:
+        started_upstream = time.perf_counter()
+        try:
+            upstream = await plan.open_stream(traceparent)
+        except ProvenantError as exc:
+            await self._record_failure(ex, exc)
+            raise
+
+        async def settle_and_commit(acc: StreamAccumulator, end: StreamEnd) -> dict[str, Any]:
+            ex.upstream_latency_ms = (time.perf_counter() - started_upstream) * 1000
+            choices = acc.choices()
+            sources = await plan.settle(answer_text(choices), None)
+            ex.retrievals = [s.retrieval_row() for s in sources]
+            if engine is not None and facts is not None and end.status is RecordStatus.ok:
+                post = self._decide(engine, Stage.post, _with_sources(facts, sources, choices))
+                _decided(ex, post)
+                if post.blocked is not None:
+                    await self._refuse(ex, post.blocked, choices=choices, answer=None)
+                if post.redact is not None:
+                    acc.rewrite(post.redact)
+                    choices = acc.choices()
+            err = end.error
+            row = ex.record_row(
+                status=end.status,
+                http_status=200,
+                choices=choices,
+                usage=acc.usage,
+                response_model=acc.model,
+                latency_ms=self._elapsed(ex),
+                error_code=err.code if err else None,
+                error_message=err.message if err else None,
+            )
+            await self._commit(ex, row)
+            return provenance(
+                ex, acc.model, self._receipts.issue(row, ex.delivered_sha256), sources
+            )
+
+        async def finish(acc: StreamAccumulator, end: StreamEnd) -> dict[str, Any]:
+            # settling may wait (passthrough resolves sources in SQL): shielded, so a client
+            # that leaves meanwhile does not stop the record from being written
+            return await asyncio.shield(asyncio.ensure_future(settle_and_commit(acc, end)))
+
+        headers = {
+            "content-type": "text/event-stream",
+            "cache-control": "no-cache",
+            AUDIT_HEADER: str(ex.id),
+        }
+        return AuditedStream(upstream, finish, headers, observe=plan.observe, hold=hold)
+
     async def _pre_policies(
-        self, engine: Engine, ex: Exchange, route: OpenAIRoute, model: dict[str, Any] | None
+        self, engine: Engine, ex: Exchange, route: Route, model: dict[str, Any] | None
     ) -> Facts:
         """Run the pre-stage policies; refuse, redact the prompt or set the storage mode.
         Returns the facts the post stage extends with the answer."""
@@ -416,3 +562,30 @@ class Pipeline:
     @staticmethod
     def _elapsed(ex: Exchange) -> float:
         return (time.perf_counter() - ex.started) * 1000
+
+
+def _choices(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The recorded form of a completion's choices."""
+    return [
+        {
+            "index": c.get("index", i),
+            "message": c.get("message"),
+            "finish_reason": c.get("finish_reason"),
+        }
+        for i, c in enumerate(answer["choices"])
+        if isinstance(c, dict)
+    ]
+
+
+def _with_sources(facts: Facts, sources: list[Source], choices: list[dict[str, Any]]) -> Facts:
+    """The post-stage facts of a sourced answer: its sources as policies see them."""
+    return Facts(
+        facts.route,
+        facts.route_kind,
+        facts.tenant,
+        facts.prompt,
+        facts.model,
+        [PolicySource(s.text or "", s.cited, bool(s.superseded)) for s in sources],
+        answer_text(choices),
+        facts.memo,
+    )

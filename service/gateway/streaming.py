@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -105,6 +105,18 @@ class StreamEnd:
 Finisher = Callable[[StreamAccumulator, StreamEnd], Awaitable[dict[str, Any]]]
 
 
+class EventSource(Protocol):
+    """What the relay reads: an upstream's ``aiohttp.ClientResponse``, or a built-in generator's
+    events (``extractive``)."""
+
+    @property
+    def content(self) -> AsyncIterable[bytes]: ...
+
+    def release(self) -> Any: ...
+
+    def close(self) -> Any: ...
+
+
 def sse(payload: dict[str, Any]) -> bytes:
     """One SSE event."""
     return b"data: " + orjson.dumps(payload) + b"\n\n"
@@ -119,14 +131,16 @@ class AuditedStream(Response):
 
     def __init__(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: EventSource,
         finish: Finisher,
         headers: dict[str, str],
+        observe: Callable[[dict[str, Any]], None] | None = None,
         *,
         hold: bool = False,
     ) -> None:
         self._upstream = upstream
         self._finish = finish
+        self._observe = observe
         self.status_code = 200
         self.background = None
         self._start_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
@@ -252,6 +266,8 @@ class AuditedStream(Response):
                     msg = str((chunk.get("error") or {}).get("message", "upstream error"))
                     return StreamEnd(RecordStatus.upstream_error, UpstreamError(msg[:500]))
                 self._acc.feed(chunk)
+                if self._observe is not None:
+                    self._observe(chunk)
                 if self._hold:
                     self._held.append(b"data: " + data + b"\n\n")
                     continue

@@ -112,17 +112,7 @@ def record_document(
     # registry link (and of every record written before the field existed) are unchanged
     if row.get("lineage_stale") is not None:
         doc["lineage_stale"] = bool(row["lineage_stale"])
-    doc["retrievals"] = [
-        [
-            r["rank"],
-            None if r["chunk_id"] is None else str(r["chunk_id"]),
-            r["source_ref"],
-            _float(r["score"]),
-            bool(r["cited"]),
-            r["verified"],
-        ]
-        for r in sorted(retrievals, key=lambda r: int(r["rank"]))
-    ]
+    doc["retrievals"] = [_retrieval(r) for r in sorted(retrievals, key=lambda r: int(r["rank"]))]
     doc["policies"] = [
         [
             d["policy_id"],
@@ -134,6 +124,26 @@ def record_document(
         for d in sorted(decisions, key=lambda d: (str(d["stage"]), str(d["policy_id"])))
     ]
     return doc
+
+
+def _retrieval(r: Mapping[str, Any]) -> list[Any]:
+    """A retrieval row in the leaf: rank, chunk, reference, score, cited, verified; then the
+    version, the chunk's text hash, superseded-at-answer-time and the digest of what an
+    external RAG app reported."""
+    version = r.get("document_version_id")
+    reported = r.get("reported")
+    return [
+        r["rank"],
+        None if r["chunk_id"] is None else str(r["chunk_id"]),
+        r["source_ref"],
+        _float(r["score"]),
+        bool(r["cited"]),
+        r["verified"],
+        None if version is None else str(version),
+        r.get("chunk_sha256"),
+        r.get("superseded"),
+        None if reported is None else digest(reported),
+    ]
 
 
 def event_document(row: Mapping[str, Any]) -> dict[str, Any]:

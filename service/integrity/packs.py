@@ -1,4 +1,6 @@
-"""Evidence packs: the log and everything its leaves cover, copied into a new SQLite file.
+"""Evidence packs: the log and everything its leaves cover, copied into a new SQLite file
+(with the document registry: the chunks a retrieval's ``chunk_sha256`` names are the text the
+model was shown).
 
 A pack has the store's own schema (made by the same migrations), so ``provenant verify --pack``
 runs the very code that verifies a live database. Keys, tenants' key hashes and pending entries
@@ -14,6 +16,7 @@ from sqlalchemy import Table, create_engine, insert, select
 
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
+from service.documents.models import Chunk, Document, DocumentSupersession, DocumentVersion
 from service.integrity.models import Checkpoint, LogEntry, SigningKey, TreeNode
 from service.lineage.models import AdminEvent, AuditRecord, PolicyDecision, Retrieval
 from service.provenance.models import ModelSnapshot
@@ -21,6 +24,10 @@ from service.provenance.models import ModelSnapshot
 _TABLES: list[Table] = [
     t.__table__  # type: ignore[misc]
     for t in (
+        Document,
+        DocumentVersion,
+        DocumentSupersession,
+        Chunk,
         ModelSnapshot,
         AuditRecord,
         Retrieval,

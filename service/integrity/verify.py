@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from service.db.base import utcnow
+from service.documents.models import Chunk
 from service.integrity import leaf, merkle
 from service.integrity.canonical import digest
 from service.integrity.log import tree_size
@@ -81,6 +82,7 @@ def verify(
         signed = _checkpoints(conn, origin, list(publics.values()), report)
         report.tree_size = _scan(conn, signed, report, progress)
         _unlogged(conn, report, max_merge_delay_s)
+        _chunks(conn, report)
     report.latest_checkpoint = max(signed, default=0)
     report.unsigned_tail = report.tree_size - report.latest_checkpoint
     report.problems.sort(key=lambda p: (p.index is None, p.index or 0, p.kind))
@@ -308,6 +310,48 @@ def _check_event(m: Any, stored: str) -> tuple[str, str] | None:
     if leaf.leaf_sha256(leaf.event_document(row)) != stored:
         return "altered", "the admin event no longer matches its log entry"
     return None
+
+
+def _chunks(conn: Connection, report: Report) -> None:
+    """The chunks records were given must still hold that text: each chunk's text matches its
+    ``text_sha256``, and each retrieval's ``chunk_sha256`` (covered by the record's leaf) matches
+    the chunk it names. A chunk a record names but the registry lost is reported deleted."""
+    altered: set[Any] = set()
+    rows = conn.execution_options(yield_per=_CHUNK).execute(
+        select(Chunk.id, Chunk.text, Chunk.text_sha256)
+    )
+    for chunk_id, text, stored in rows:
+        if hashlib.sha256(text.encode("utf-8")).hexdigest() != stored:
+            altered.add(chunk_id)
+            report.problems.append(
+                Problem("altered", f"chunk {chunk_id}'s text no longer matches its hash")
+            )
+    cited = conn.execution_options(yield_per=_CHUNK).execute(
+        select(
+            Retrieval.record_id,
+            Retrieval.rank,
+            Retrieval.chunk_id,
+            Retrieval.chunk_sha256,
+            Chunk.id,
+            Chunk.text_sha256,
+        )
+        .outerjoin(Chunk, Chunk.id == Retrieval.chunk_id)
+        .where(Retrieval.chunk_id.is_not(None))
+    )
+    for record_id, rank, named, seen, found, stored in cited:
+        if found is None:
+            problem = Problem(
+                "deleted", f"chunk {named} (source {rank}) is missing", str(record_id)
+            )
+        elif named in altered or (seen is not None and seen != stored):
+            problem = Problem(
+                "altered",
+                f"chunk {named} (source {rank}) no longer holds the text the answer was given",
+                str(record_id),
+            )
+        else:
+            continue
+        report.problems.append(problem)
 
 
 def _unlogged(conn: Connection, report: Report, max_merge_delay_s: float) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import Boolean, Double, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db.base import Base, PortableJSON, UTCDateTime
+from service.documents import models as _documents  # noqa: F401  (chunks, an FK target)
 from service.provenance import models as _provenance  # noqa: F401  (model_snapshots, an FK target)
 
 
@@ -25,6 +26,7 @@ class RecordStatus(StrEnum):
     client_disconnected = "client_disconnected"
     policy_blocked = "policy_blocked"
     lineage_unavailable = "lineage_unavailable"
+    retrieval_error = "retrieval_error"  # the vector store or the embeddings endpoint failed
 
 
 class AuditRecord(Base):
@@ -88,7 +90,12 @@ class AuditRecord(Base):
 
 
 class Retrieval(Base):
-    """One source an answer was given (record x rank), and whether the answer cited it."""
+    """One source an answer was given (record x rank), and whether the answer cited it.
+
+    A snapshot at answer time: the chunk (immutable), its version and text hash, and whether
+    that version had already been superseded. ``reported`` is what an external RAG app said
+    about a source (``rag-passthrough``), kept as reported whether or not it verified.
+    """
 
     __tablename__ = "retrievals"
 
@@ -96,11 +103,17 @@ class Retrieval(Base):
         Uuid, ForeignKey("audit_records.id"), primary_key=True
     )
     rank: Mapped[int] = mapped_column(Integer, primary_key=True)
-    chunk_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    chunk_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("chunks.id"))
     source_ref: Mapped[str | None] = mapped_column(String(500))
     score: Mapped[float | None] = mapped_column(Double)
     cited: Mapped[bool] = mapped_column(Boolean, default=False)
     verified: Mapped[bool | None] = mapped_column(Boolean)
+    document_version_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("document_versions.id")
+    )
+    chunk_sha256: Mapped[str | None] = mapped_column(String(64))
+    superseded: Mapped[bool | None] = mapped_column(Boolean)  # at answer time
+    reported: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON)
 
 
 class PolicyDecision(Base):

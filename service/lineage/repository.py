@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.lineage.models import AuditRecord, PolicyDecision
+from service.documents.models import Chunk, Document, DocumentSupersession, DocumentVersion
+from service.lineage.models import AuditRecord, PolicyDecision, Retrieval
 
 
 @dataclass(frozen=True)
@@ -66,3 +68,18 @@ def decisions(session: Session, record_id: uuid.UUID) -> list[PolicyDecision]:
             .order_by(PolicyDecision.stage.desc(), PolicyDecision.policy_id)
         )
     )
+
+
+def sources(session: Session, record_id: uuid.UUID) -> list[Any]:
+    """A record's retrievals in rank order, each with its chunk, version, document and the
+    version's supersession when they exist (rows with those four, possibly None)."""
+    stmt = (
+        select(Retrieval, Chunk, DocumentVersion, Document, DocumentSupersession)
+        .outerjoin(Chunk, Chunk.id == Retrieval.chunk_id)
+        .outerjoin(DocumentVersion, DocumentVersion.id == Retrieval.document_version_id)
+        .outerjoin(Document, Document.id == DocumentVersion.document_id)
+        .outerjoin(DocumentSupersession, DocumentSupersession.version_id == DocumentVersion.id)
+        .where(Retrieval.record_id == record_id)
+        .order_by(Retrieval.rank)
+    )
+    return list(session.execute(stmt))

@@ -58,6 +58,32 @@ class PolicyDecisionOut(BaseModel):
     detail: dict[str, Any] | None
 
 
+class RecordSource(BaseModel):
+    """A source of the answer as the record keeps it, resolved against the registry."""
+
+    ref: int
+    chunk_id: uuid.UUID | None
+    document_id: uuid.UUID | None
+    collection: str | None
+    title: str | None
+    source_uri: str | None
+    version: int | None
+    version_id: uuid.UUID | None
+    content_sha256: str | None
+    page: int | None
+    char_start: int | None
+    char_end: int | None
+    chunk_sha256: str | None
+    score: float | None
+    cited: bool
+    verified: bool | None
+    superseded: bool | None  # at answer time
+    current_at_answer_time: bool | None
+    superseded_at: datetime | None  # when the version was superseded, even after the answer
+    source_ref: str | None
+    reported: dict[str, Any] | None
+
+
 class AuditRecordOut(AuditRecordSummary):
     """A whole record, with its policy decisions."""
 
@@ -71,6 +97,7 @@ class AuditRecordOut(AuditRecordSummary):
     choices: list[dict[str, Any]] | None
     # registry-linked routes: the model snapshot that served the answer, as it was taken
     model: ModelLineageOut | None = None
+    sources: list[RecordSource] = []
 
 
 class AuditRecordPage(BaseModel):

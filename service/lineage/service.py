@@ -15,6 +15,7 @@ from service.lineage.schemas import (
     AuditRecordPage,
     AuditRecordSummary,
     PolicyDecisionOut,
+    RecordSource,
 )
 from service.provenance.models import ModelSnapshot
 from service.provenance.schemas import ModelLineageOut
@@ -43,7 +44,46 @@ def read_record(session: Session, *, principal: Principal, record_id: uuid.UUID)
         if snap is not None:
             view = model_view(snap.id, snap.snapshot_sha256, snap.content)
             out.model = ModelLineageOut.model_validate(view)
+    out.sources = _sources(session, record_id)
     return out
+
+
+def _sources(session: Session, record_id: uuid.UUID) -> list[RecordSource]:
+    """The record's sources; "current at answer time" comes from the retrieval row (a
+    snapshot), the registry adds when the version was superseded, possibly since."""
+    out: list[RecordSource] = []
+    for r, chunk, version, doc, supersession in repository.sources(session, record_id):
+        reported = r.reported or {}
+        out.append(
+            RecordSource(
+                ref=r.rank,
+                chunk_id=r.chunk_id,
+                document_id=doc.id if doc else None,
+                collection=doc.collection if doc else None,
+                title=version.title if version else _str(reported.get("title")),
+                source_uri=doc.source_uri if doc else _str(reported.get("source_uri")),
+                version=version.version if version else None,
+                version_id=r.document_version_id,
+                content_sha256=version.content_sha256 if version else None,
+                page=chunk.page if chunk else None,
+                char_start=chunk.char_start if chunk else None,
+                char_end=chunk.char_end if chunk else None,
+                chunk_sha256=r.chunk_sha256,
+                score=r.score,
+                cited=r.cited,
+                verified=r.verified,
+                superseded=r.superseded,
+                current_at_answer_time=None if r.superseded is None else not r.superseded,
+                superseded_at=supersession.superseded_at if supersession else None,
+                source_ref=r.source_ref,
+                reported=r.reported,
+            )
+        )
+    return out
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def list_records(

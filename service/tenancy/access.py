@@ -42,6 +42,11 @@ ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     ("GET", "/v1/lineage/models"): READERS,
     ("GET", "/v1/lineage/models/{snapshot_id}"): READERS,
     ("GET", "/v1/lineage/models/{snapshot_id}/answers"): READERS,
+    # document registry: platform engineers ingest; anyone in the tenant may resolve sources
+    ("POST", "/v1/documents"): frozenset({Role.admin}),
+    ("GET", "/v1/documents"): ANY_ROLE,
+    ("GET", "/v1/documents/{document_id}/versions"): ANY_ROLE,
+    ("GET", "/v1/chunks/{chunk_id}"): ANY_ROLE,
 }
 
 

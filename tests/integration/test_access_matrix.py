@@ -17,8 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.documents.models import Chunk, DocumentVersion
 from service.tenancy.access import ACCESS, PUBLIC
 from service.tenancy.models import Role
 from tests.conftest import TenantKeys, new_tenant
@@ -32,6 +34,8 @@ class Objects:
     record_id: str
     tree_size: int
     hold_ids: list[str] = field(default_factory=list)
+    document_id: str = ""
+    chunk_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,21 @@ CALLS: dict[tuple[str, str], Call] = {
     ("POST", "/v1/admin/retention/run"): Call(body=lambda _: {"dry_run": True}),
     ("GET", "/metrics"): Call(),
     ("GET", "/v1/lineage/models"): Call(),
+    ("POST", "/v1/documents"): Call(
+        body=lambda _: {
+            "collection": "matrix",
+            "source_uri": f"mem://matrix/{uuid.uuid4().hex}",
+            "text": "Remote work needs a manager's approval.",
+        },
+        ok=frozenset({201}),
+    ),
+    ("GET", "/v1/documents"): Call(),
+    ("GET", "/v1/documents/{document_id}/versions"): Call(
+        params=lambda o: {"document_id": o.document_id}, tenant_object=True
+    ),
+    ("GET", "/v1/chunks/{chunk_id}"): Call(
+        params=lambda o: {"chunk_id": o.chunk_id}, tenant_object=True
+    ),
     # the shared gateway has no registry-linked route, so no snapshot served this tenant:
     # allowed roles get 404 here (tests/integration/test_model_lineage.py covers the 200s)
     ("GET", "/v1/lineage/models/{snapshot_id}"): Call(
@@ -136,7 +155,7 @@ def stranger(sessions: sessionmaker[Session]) -> TenantKeys:
 
 
 @pytest.fixture(scope="module")
-def objects(gateway: GatewayServer, owner: TenantKeys) -> Objects:
+def objects(gateway: GatewayServer, owner: TenantKeys, sessions: sessionmaker[Session]) -> Objects:
     tenant = owner
     app = {"Authorization": f"Bearer {tenant.app}"}
     body = {"model": "echo", "messages": [{"role": "user", "content": "owned"}]}
@@ -158,7 +177,24 @@ def objects(gateway: GatewayServer, owner: TenantKeys) -> Objects:
         ).json()["id"]
         for i in range(1)
     ]
-    return Objects(record_id, proof.json()["tree_size"], holds)
+    doc = httpx.post(
+        f"{gateway.url}/v1/documents",
+        json={
+            "collection": "matrix",
+            "source_uri": "mem://matrix/own",
+            "text": "Leave is 25 days.",
+        },
+        headers=admin,
+    )
+    assert doc.status_code == 201, doc.text
+    document_id = doc.json()["document"]["id"]
+    with sessions() as session:
+        chunk_id = session.scalars(
+            select(Chunk.id)
+            .join(DocumentVersion, DocumentVersion.id == Chunk.version_id)
+            .where(DocumentVersion.document_id == uuid.UUID(document_id))
+        ).first()
+    return Objects(record_id, proof.json()["tree_size"], holds, document_id, str(chunk_id))
 
 
 def test_every_endpoint_has_a_rule_and_a_described_call(gateway: GatewayServer) -> None:

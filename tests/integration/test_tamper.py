@@ -8,6 +8,7 @@ it verifies, then tampers with plain SQL.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,14 +16,17 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
+from service.documents.models import Chunk, Document, DocumentVersion
 from service.gateway.writer import AuditWriter
 from service.integrity import signing
 from service.integrity.canonical import digest
@@ -96,8 +100,6 @@ def _store(backend: str, tmp_path: Path) -> Iterator[Store]:
 
 
 def _fill(url: str, engine: Engine, tmp_path: Path) -> Store:
-    from sqlalchemy.orm import Session
-
     signer = signing.Signer(signing.load_or_create(tmp_path / "k.pem", create=True), ORIGIN)
     sealer = Sealer(engine, signer)
     sealer.register_key()
@@ -117,6 +119,7 @@ def _fill(url: str, engine: Engine, tmp_path: Path) -> Store:
         key = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id)).one()
         principal = Principal(key.id, key.prefix, tenant.id, tenant.name, Role.app)
         snapshot_id = snap.id
+        version_id, chunks = _registered_chunks(session, tenant.id)
     writer = AuditWriter(engine)
     writer.start()
     ids: list[uuid.UUID] = []
@@ -128,8 +131,10 @@ def _fill(url: str, engine: Engine, tmp_path: Path) -> Store:
             if i == 3:
                 rag = ex.id
                 ex.retrievals = [
-                    {"rank": r, "chunk_id": uuid.uuid4(), "source_ref": f"doc-{r}",
-                     "score": 0.9 - r / 10, "cited": r == 0, "verified": True}
+                    {"rank": r, "chunk_id": chunks[r][0], "source_ref": f"doc-{r}",
+                     "score": 0.9 - r / 10, "cited": r == 0, "verified": True,
+                     "document_version_id": version_id, "chunk_sha256": chunks[r][1],
+                     "superseded": False, "reported": None}
                     for r in range(3)
                 ]  # fmt: skip
                 ex.decisions = [
@@ -153,6 +158,43 @@ def _fill(url: str, engine: Engine, tmp_path: Path) -> Store:
     return Store(url, engine, ids, rag, model, snapshot_id, signer)
 
 
+def _registered_chunks(
+    session: Session, tenant_id: uuid.UUID
+) -> tuple[uuid.UUID, list[tuple[uuid.UUID, str]]]:
+    """A registered document version with three chunks, as ingestion leaves them."""
+    now = datetime.now(UTC)
+    doc = Document(
+        id=uuid.uuid4(), tenant_id=tenant_id, collection="hr", source_uri="leave.md", created_at=now
+    )
+    version = DocumentVersion(
+        id=uuid.uuid4(), document_id=doc.id, version=1, title="Leave", content_sha256="c" * 64,
+        media_type="text/markdown", size_bytes=10, chunk_count=3, ingested_at=now,
+    )  # fmt: skip
+    texts = ["25 days of leave.", "Carry over 5 days.", "Ask your manager."]
+    chunks = [
+        Chunk(
+            id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            version_id=version.id,
+            ordinal=i,
+            page=None,
+            char_start=0,
+            char_end=len(t),
+            text=t,
+            text_sha256=hashlib.sha256(t.encode()).hexdigest(),
+        )
+        for i, t in enumerate(texts)
+    ]
+    session.add(doc)
+    session.flush()
+    session.add(version)
+    session.flush()
+    session.add_all(chunks)
+    out = version.id, [(c.id, c.text_sha256) for c in chunks]
+    session.commit()
+    return out
+
+
 def kinds(report: Report) -> set[tuple[str, str | None]]:
     return {(p.kind, p.entry_id) for p in report.problems}
 
@@ -172,8 +214,6 @@ def test_a_changed_answer_is_named(store: Store) -> None:
 
 
 def test_an_answer_changed_with_its_hashes_recomputed_is_still_named(store: Store) -> None:
-    import hashlib
-
     victim = store.records[2]
     with store.engine.connect() as conn:
         rid = _hex(conn, victim)
@@ -196,6 +236,40 @@ def test_a_changed_retrieval_score_is_named(store: Store) -> None:
     with store.engine.connect() as conn:
         rid = _hex(conn, store.rag_record)
     store.attack("UPDATE retrievals SET score = 0.99 WHERE record_id = :id AND rank = 2", id=rid)
+    assert kinds(store.verify()) == {("altered", str(store.rag_record))}
+
+
+def test_a_retrieval_made_to_look_current_or_pointed_at_other_text_is_named(
+    store: Store,
+) -> None:
+    with store.engine.connect() as conn:
+        rid = _hex(conn, store.rag_record)
+    store.attack(
+        "UPDATE retrievals SET superseded = true, chunk_sha256 = :h WHERE record_id = :id "
+        "AND rank = 1",
+        h="0" * 64,
+        id=rid,
+    )
+    assert kinds(store.verify()) == {("altered", str(store.rag_record))}
+
+
+def test_a_chunk_whose_text_changed_is_named_with_the_record_that_was_given_it(
+    store: Store,
+) -> None:
+    with store.engine.connect() as conn:
+        rid = _hex(conn, store.rag_record)
+        chunk_id = conn.execute(
+            text("SELECT chunk_id FROM retrievals WHERE record_id = :id AND rank = 0"), {"id": rid}
+        ).scalar_one()
+    store.attack("UPDATE chunks SET text = 'Employees get 40 days.' WHERE id = :c", c=chunk_id)
+    problems = store.verify().problems
+    assert {(p.kind, p.entry_id) for p in problems} == {
+        ("altered", None),
+        ("altered", str(store.rag_record)),
+    }
+    # recomputing the chunk's own hash does not hide it: the record's leaf kept the old one
+    forged = hashlib.sha256(b"Employees get 40 days.").hexdigest()
+    store.attack("UPDATE chunks SET text_sha256 = :h WHERE id = :c", h=forged, c=chunk_id)
     assert kinds(store.verify()) == {("altered", str(store.rag_record))}
 
 
@@ -297,6 +371,10 @@ def test_postgres_triggers_refuse_edits_but_allow_erasure_which_still_verifies(
         "DELETE FROM log_entries",
         "UPDATE checkpoints SET note = ''",
         "TRUNCATE retrievals",
+        "UPDATE chunks SET text = 'forged'",
+        "DELETE FROM document_versions",
+        "UPDATE document_versions SET title = 'x'",
+        "TRUNCATE documents CASCADE",
     ):
         with pytest.raises(DBAPIError, match="append-only"), store.engine.begin() as conn:
             conn.execute(text(sql), {"id": victim})

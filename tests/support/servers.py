@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -13,14 +14,14 @@ import uvicorn
 from aiohttp import web
 from fastapi import FastAPI
 
-from service.demo_upstream import REQUESTS_KEY, make_app
+from service.demo_upstream import EMBEDDINGS_KEY, REQUESTS_KEY, make_app
 
 
 class UpstreamServer:
-    """The OpenAI-protocol demo upstream on 127.0.0.1:<random port>."""
+    """The OpenAI-protocol demo upstream (or another aiohttp app) on 127.0.0.1:<random port>."""
 
-    def __init__(self) -> None:
-        self.app = make_app()
+    def __init__(self, app: web.Application | None = None) -> None:
+        self.app = app if app is not None else make_app()
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -33,6 +34,10 @@ class UpstreamServer:
     @property
     def requests(self) -> list[dict[str, Any]]:
         return self.app[REQUESTS_KEY]  # type: ignore[no-any-return]
+
+    @property
+    def embedding_requests(self) -> list[dict[str, Any]]:
+        return self.app[EMBEDDINGS_KEY]  # type: ignore[no-any-return]
 
     def start(self) -> UpstreamServer:
         self._thread.start()
@@ -52,6 +57,51 @@ class UpstreamServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+
+
+REPLY_KEY = web.AppKey("reply", dict)
+
+
+def external_rag_app() -> web.Application:
+    """An external RAG app speaking the OpenAI protocol: it answers ``app[REPLY_KEY]["answer"]``
+    and reports ``app[REPLY_KEY]["sources"]`` under ``sources`` (streamed: in the last chunk)."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        reply = request.app[REPLY_KEY]
+        base = {"id": "chatcmpl-ext", "created": 1, "model": body.get("model")}
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": reply["answer"]},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "sources": reply["sources"],
+                }
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for word in reply["answer"].split(" "):
+            delta = {"index": 0, "delta": {"content": word + " "}, "finish_reason": None}
+            chunk = {**base, "object": "chat.completion.chunk", "choices": [delta]}
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        last = {"index": 0, "delta": {}, "finish_reason": "stop"}
+        tail = {**base, "object": "chat.completion.chunk", "choices": [last]}
+        await resp.write(f"data: {json.dumps({**tail, 'sources': reply['sources']})}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app[REPLY_KEY] = {"answer": "", "sources": []}
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
 
 
 class GatewayServer:
@@ -76,6 +126,13 @@ class GatewayServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @staticmethod
+    def free_port() -> int:
+        """A loopback port nothing listens on (just released)."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
 
     def start(self) -> GatewayServer:
         self._thread.start()

@@ -1,4 +1,5 @@
-"""The ``openai`` route kind: any OpenAI-compatible upstream, over one shared aiohttp session.
+"""The ``openai`` route kind (and ``rag-passthrough``, ``rag``'s generator): any OpenAI-compatible
+upstream, over one shared aiohttp session.
 
 aiohttp rather than httpx: on this machine class it serves ~10x the requests per second at 64
 connections (bench/RESULTS.md), and the upstream client is the proxy's largest fixed cost.
@@ -14,7 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from service.config import OpenAIRoute
+from service.config import UpstreamRoute
 from service.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
 
 _MAX_ERROR_BODY = 64 * 1024
@@ -34,7 +35,7 @@ def new_client_session(connections: int) -> aiohttp.ClientSession:
     )
 
 
-def _headers(route: OpenAIRoute, traceparent: str | None) -> dict[str, str]:
+def _headers(route: UpstreamRoute, traceparent: str | None) -> dict[str, str]:
     headers = {"Content-Type": "application/json", "User-Agent": "provenant"}
     if route.api_key_env:
         secret = os.environ.get(route.api_key_env)
@@ -77,7 +78,7 @@ class OpenAIBackend:
         self._session = session
 
     async def _post(
-        self, route: OpenAIRoute, payload: dict[str, Any], traceparent: str | None, stream: bool
+        self, route: UpstreamRoute, payload: dict[str, Any], traceparent: str | None, stream: bool
     ) -> aiohttp.ClientResponse:
         t = route.timeouts
         timeout = _timeout(t.total, t.connect, t.read, stream)
@@ -96,7 +97,7 @@ class OpenAIBackend:
         return resp
 
     async def complete(
-        self, route: OpenAIRoute, payload: dict[str, Any], traceparent: str | None
+        self, route: UpstreamRoute, payload: dict[str, Any], traceparent: str | None
     ) -> tuple[dict[str, Any], float]:
         """A non-streamed completion; returns the parsed body and the upstream latency (ms)."""
         started = time.perf_counter()
@@ -121,7 +122,7 @@ class OpenAIBackend:
         return body, latency
 
     async def open_stream(
-        self, route: OpenAIRoute, payload: dict[str, Any], traceparent: str | None
+        self, route: UpstreamRoute, payload: dict[str, Any], traceparent: str | None
     ) -> aiohttp.ClientResponse:
         """Start a streamed completion; errors before the first byte raise like ``complete``."""
         resp = await self._post(route, payload, traceparent, stream=True)

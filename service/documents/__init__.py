@@ -1,0 +1,1 @@
+"""The document registry: versioned documents, their chunks, ingestion and the vector index."""

@@ -85,6 +85,7 @@ class ModelResolver:
         ttl_s: float,
         max_staleness_s: float,
         clock: Callable[[], float] = time.monotonic,
+        make_registry: Callable[[str], MlflowRegistry] = MlflowRegistry,
     ) -> None:
         self._engine = engine
         self._clock = clock
@@ -96,7 +97,9 @@ class ModelResolver:
                 continue
             link = route.registry
             uri = link.tracking_uri or default_tracking_uri
-            registry = self._registries.setdefault(uri, MlflowRegistry(uri))
+            if uri not in self._registries:
+                self._registries[uri] = make_registry(uri)
+            registry = self._registries[uri]
             self._slots[route.name] = _Slot(
                 route.name,
                 link,
@@ -120,10 +123,11 @@ class ModelResolver:
         served = slot.fresh
         if served is None:
             return None
-        age = self._clock() - slot.confirmed
+        now = self._clock()
+        age = now - slot.confirmed
         if age >= slot.ttl:
             return None
-        if age >= slot.ttl / 2 and slot.task is None:
+        if age >= slot.ttl / 2 and slot.task is None and not self._failed_lately(slot, now):
             self._start(slot)
         return served
 
@@ -131,9 +135,7 @@ class ModelResolver:
         """The snapshot to serve when ``current`` had none: waits for a refresh if worth it,
         else serves the last snapshot flagged stale, or raises LineageUnavailable."""
         slot = self._slots[route]
-        now = self._clock()
-        recently_failed = slot.failed is not None and now - slot.failed < _retry_after(slot)
-        if not recently_failed:
+        if not self._failed_lately(slot, self._clock()):
             task = slot.task or self._start(slot)
             wait = None if slot.snapshot is None else REFRESH_WAIT_S
             with contextlib.suppress(TimeoutError):
@@ -142,6 +144,12 @@ class ModelResolver:
         if served is not None:
             return served
         return self._stale_or_fail(slot)
+
+    @staticmethod
+    def _failed_lately(slot: _Slot, now: float) -> bool:
+        """After a failed refresh, requests serve what they can without asking MLflow again
+        for half the TTL (at most 5 s): a registry that is down is not called per request."""
+        return slot.failed is not None and now - slot.failed < min(slot.ttl / 2, 5.0)
 
     def _stale_or_fail(self, slot: _Slot) -> Served:
         if slot.snapshot is None or slot.stale is None:
@@ -226,7 +234,9 @@ class ModelResolver:
         slot = self._slots.get(route)
         if slot is None:
             return None
-        if slot.task is None and self._clock() - slot.confirmed >= slot.ttl:
+        now = self._clock()
+        idle = now - slot.confirmed >= slot.ttl
+        if idle and slot.task is None and not self._failed_lately(slot, now):
             self._start(slot)
         snap = slot.snapshot
         return {
@@ -266,11 +276,6 @@ class ModelResolver:
         if age <= slot.max_staleness or slot.link.beyond_max_staleness == "serve_stale":
             return "stale"
         return "unavailable"
-
-
-def _retry_after(slot: _Slot) -> float:
-    """After a failed refresh, requests serve what they can without asking again this long."""
-    return min(slot.ttl / 2, 5.0)
 
 
 def _describe(exc: BaseException) -> str:

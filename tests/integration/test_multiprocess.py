@@ -126,7 +126,7 @@ def serve(env: dict[str, str], tmp_path: Path, name: str, *extra: str) -> Replic
 
 
 def wait_ready(replica: Replica) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a loaded CI box starts Python slowly
     while True:
         try:
             if httpx.get(f"{replica.url}/readyz").status_code == 200:

@@ -5,6 +5,7 @@ input dataset, a model version from that run with tags, an alias."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -18,6 +19,18 @@ from pathlib import Path
 from typing import Any
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
+
+
+# looked up in the parent: between fork and exec the child only makes the system calls
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def _own_group() -> None:
+    """In the child: its own process group (stopped as a whole), and on Linux a SIGTERM when
+    the test process dies without stopping it (a killed test run leaves no server behind)."""
+    os.setsid()
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -59,7 +72,7 @@ class MlflowServer:
         ]
         with self.log.open("ab") as out:
             self._proc = subprocess.Popen(
-                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_own_group
             )
         return self
 

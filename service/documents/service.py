@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 import uuid_utils
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import COLLECTION_PATTERN, Settings
@@ -238,6 +238,8 @@ def ingest(
             raise Conflict(
                 f"{upload.source_uri!r} was changed by another ingestion at the same time; retry"
             ) from exc
+        if isinstance(exc, DataError):  # a value the store cannot hold (e.g. NUL in the text)
+            raise InvalidRequest("a value in the document cannot be stored") from exc
         if isinstance(exc, SQLAlchemyError):
             log.error("document registration failed: %s", type(exc).__name__)
             raise StoreUnavailable(

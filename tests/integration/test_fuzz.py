@@ -15,8 +15,8 @@ from service.tenancy.models import Role
 from tests.conftest import TenantKeys
 from tests.support.servers import GatewayServer
 
-# per operation and backend (SQLite and PostgreSQL): ~3,500 calls in all with 18 operations
-EXAMPLES = int(os.environ.get("PROVENANT_FUZZ_EXAMPLES", "100"))
+# per operation and backend (SQLite and PostgreSQL): ~3,500 calls in all with 25 operations
+EXAMPLES = int(os.environ.get("PROVENANT_FUZZ_EXAMPLES", "70"))
 
 
 def _key(tenant: TenantKeys, method: str, path: str) -> dict[str, str]:

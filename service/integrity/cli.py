@@ -59,7 +59,11 @@ def _load_jwks(source: str) -> dict[str, Any]:
 
 def verify(
     pack: Annotated[
-        Path | None, typer.Option(help="verify an evidence pack (from `provenant pack`) offline")
+        Path | None,
+        typer.Option(
+            help="verify an evidence pack offline: a ZIP (`provenant evidence`) or "
+            "a SQLite file (`provenant pack`)"
+        ),
     ] = None,
     jwks: Annotated[
         str | None,
@@ -70,6 +74,7 @@ def verify(
 ) -> None:
     """Recompute every leaf, rebuild the tree, check every checkpoint; name what was changed.
     Exit 0 if the log verifies, 1 if anything was altered, deleted, inserted or reordered."""
+    from service.integrity.evidence import is_zip, verify_pack
     from service.integrity.signing import b64url_decode
     from service.integrity.verify import verify as run
 
@@ -77,10 +82,18 @@ def verify(
     if pack is not None and not pack.is_file():
         err.print(f"[red]error:[/red] no evidence pack at {pack}")
         raise typer.Exit(2)
-    url = f"sqlite:///{pack}" if pack is not None else settings.database_url
     publics = None
     if jwks is not None:
         publics = {k["kid"]: b64url_decode(k["x"]) for k in _load_jwks(jwks).get("keys", [])}
+    if pack is not None and is_zip(pack):
+        report, own_keys = verify_pack(pack, publics=publics, origin=origin)
+        if own_keys and not as_json:
+            err.print(
+                "[yellow]warning:[/yellow] trusting the pack's own jwks.json; pass --jwks with "
+                "the gateway's keys to verify against keys you fetched yourself"
+            )
+        _print(report, as_json, pack=True)
+    url = f"sqlite:///{pack}" if pack is not None else settings.database_url
     engine = _engine(url)
     try:
         with Progress(
@@ -102,6 +115,11 @@ def verify(
             )
     finally:
         engine.dispose()
+    _print(report, as_json)
+
+
+def _print(report: Any, as_json: bool, *, pack: bool = False) -> None:
+    """Print a verification report and exit 0 (verifies) or 1."""
     if as_json:
         out = {
             "ok": report.ok,
@@ -119,6 +137,13 @@ def verify(
             who = f"{p.entry_id} " if p.entry_id else ""
             print(f"{p.kind.upper()}: {where}{who}{p.detail}")
         verdict = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
+        if pack:
+            print(
+                f"{verdict}: {report.entries} entries of the pack checked against the signed "
+                f"checkpoint of tree size {report.latest_checkpoint}; {report.pending} records "
+                "of the period not yet sealed (not provable by this pack)"
+            )
+            raise typer.Exit(0 if report.ok else 1)
         print(
             f"{verdict}: {report.tree_size} entries, {report.checkpoints} checkpoints "
             f"(latest {report.latest_checkpoint}), {report.unsigned_tail} not yet signed, "

@@ -168,7 +168,7 @@ def _snapshots(conn: Connection, report: Report) -> dict[Any, str]:
     return out
 
 
-def _record_problem(row: Any) -> str | None:
+def content_problem(row: Any) -> str | None:
     """Why a record's content disagrees with its salted hashes, if it does."""
     salt = row["content_salt"]
     content = (row["prompt"], row["answer"], leaf.choices_text(row["choices"]))
@@ -288,7 +288,7 @@ def _check_record(
 ) -> tuple[str, str] | None:
     if m["id"] is None:
         return "deleted", "the log's record is missing from audit_records"
-    content = _record_problem(m)
+    content = content_problem(m)
     if content is not None:
         return "altered", content
     snapshot = m["model_snapshot_id"]

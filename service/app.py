@@ -41,6 +41,7 @@ from service.privacy.erasure import retain_periodically
 from service.provenance import endpoints as provenance_endpoints
 from service.provenance.registry import configure_client
 from service.provenance.resolver import ModelResolver
+from service.reports import endpoints as report_endpoints
 from service.retrieval.retriever import Retriever
 from service.telemetry import endpoints as telemetry_endpoints
 from service.telemetry.http import HttpObserver
@@ -218,6 +219,7 @@ def create_app(
     app.include_router(telemetry_endpoints.router)
     app.include_router(provenance_endpoints.router)
     app.include_router(document_endpoints.router)
+    app.include_router(report_endpoints.router)
     return app
 
 

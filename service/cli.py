@@ -259,6 +259,16 @@ def _document_commands() -> None:
 _document_commands()
 
 
+def _report_commands() -> None:
+    from service.reports import cli as reports
+
+    app.command()(reports.report)
+    app.command()(reports.evidence)
+
+
+_report_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

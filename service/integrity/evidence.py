@@ -13,6 +13,7 @@ import base64
 import hashlib
 import struct
 import zipfile
+import zlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def _read(zf: zipfile.ZipFile, path: Path, name: str, report: Report) -> bytes |
             fields = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
             f.seek(fields[10] + fields[11], 1)  # file name and extra field lengths
             data = f.read(info.compress_size)
-        if zipfile.crc32(data) != info.CRC:
+        if zlib.crc32(data) != info.CRC:
             report.problems.append(Problem("altered", f"{name} was changed inside the archive"))
         return data
     try:

@@ -210,7 +210,7 @@ def write_pack(
             )
         after = ids[-1]
     step("events")
-    stmt = (
+    events_stmt = (
         select(AdminEvent, LogEntry.idx)
         .join(LogEntry, LogEntry.entry_id == AdminEvent.id)
         .where(
@@ -221,7 +221,7 @@ def write_pack(
         )
         .order_by(LogEntry.idx)
     )
-    for ev, idx in session.execute(stmt):
+    for ev, idx in session.execute(events_stmt):
         n = events.add({"event": {c.name: getattr(ev, c.key) for c in AdminEvent.__table__.c}})
         proofs.add(
             {

@@ -191,7 +191,7 @@ def sourced_summary(session: Session, scope: Scope) -> Any:
         _count_if(and_(AuditRecord.status == "ok", ~cited)).label("answers_citing_nothing"),
         _count_if(unverified).label("records_with_unverified_sources"),
     ).where(*scope.records(), AuditRecord.route_kind.in_(SOURCED_KINDS))
-    return session.execute(stmt).mappings().one()
+    return session.execute(stmt).one()
 
 
 def superseded_citations(session: Session, scope: Scope, limit: int) -> list[Any]:
@@ -360,7 +360,7 @@ def retention_classes(session: Session, scope: Scope, now: datetime) -> list[Any
     present = AuditRecord.content_salt.is_not(None)
     stmt = (
         select(
-            func.coalesce(AuditRecord.retention_class, "").label("retention_class"),
+            AuditRecord.retention_class,
             func.count().label("records"),
             _count_if(present).label("content_present"),
             _count_if(~present).label("content_erased"),
@@ -369,8 +369,8 @@ def retention_classes(session: Session, scope: Scope, now: datetime) -> list[Any
             func.max(AuditRecord.retain_until).label("latest_retain_until"),
         )
         .where(*scope.records())
-        .group_by(func.coalesce(AuditRecord.retention_class, ""))
-        .order_by(func.coalesce(AuditRecord.retention_class, ""))
+        .group_by(AuditRecord.retention_class)
+        .order_by(AuditRecord.retention_class)
     )
     return list(session.execute(stmt).mappings())
 

@@ -57,8 +57,11 @@ class Export:
 
 
 def utc(value: datetime) -> datetime:
-    """A timestamp without a zone is taken as UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    """A timestamp without a zone is taken as UTC (one out of range is a bad request)."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidRequest("a timestamp is out of range", param="from") from exc
 
 
 def validate(kind: Kind, start: datetime, end: datetime, subject: str | None) -> None:

@@ -47,6 +47,9 @@ ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     ("GET", "/v1/documents"): ANY_ROLE,
     ("GET", "/v1/documents/{document_id}/versions"): ANY_ROLE,
     ("GET", "/v1/chunks/{chunk_id}"): ANY_ROLE,
+    # compliance reports and evidence packs: the tenant's auditors (and admins)
+    ("GET", "/v1/reports/{kind}"): READERS,
+    ("GET", "/v1/evidence"): READERS,
 }
 
 

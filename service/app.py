@@ -49,6 +49,8 @@ from service.telemetry.metrics import Metrics
 from service.telemetry.tracing import Tracing
 from service.tenancy.auth import KeyResolver
 from service.tenancy.limits import RateLimiter
+from service.ui import endpoints as ui_endpoints
+from service.ui.sessions import SessionSigner
 
 log = logging.getLogger("provenant")
 
@@ -166,6 +168,11 @@ def create_app(
             ),
         )
         app.state.sealer = sealer
+        app.state.ui_sessions = SessionSigner.from_signing_key(
+            signer.key.private_bytes_raw(),
+            settings.ui_session_ttl_s,
+            secure=settings.ui_secure_cookies,
+        )
         app.state.policies = policies
         app.state.registry = registry
         backend = OpenAIBackend(http)
@@ -220,6 +227,7 @@ def create_app(
     app.include_router(provenance_endpoints.router)
     app.include_router(document_endpoints.router)
     app.include_router(report_endpoints.router)
+    ui_endpoints.mount(app)
     return app
 
 

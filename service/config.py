@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     max_document_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_document_pages: int = Field(default=2000, ge=1)
     chunk_chars: int = Field(default=1000, ge=200, le=8000)
+    # auditor web UI
+    ui_session_ttl_s: int = Field(
+        default=8 * 3600, ge=60, le=7 * 86400, description="a UI sign-in lasts this long"
+    )
+    ui_secure_cookies: bool = Field(
+        default=True, description="UI cookies only over HTTPS (browsers exempt localhost)"
+    )
 
     def qdrant_location(self) -> Path:
         """Where local-mode Qdrant keeps its files."""

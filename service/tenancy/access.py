@@ -50,6 +50,19 @@ ACCESS: Final[dict[tuple[str, str], frozenset[Role]]] = {
     # compliance reports and evidence packs: the tenant's auditors (and admins)
     ("GET", "/v1/reports/{kind}"): READERS,
     ("GET", "/v1/evidence"): READERS,
+    # the auditor web UI (signed session cookie instead of a bearer key; same roles, same tenant)
+    ("GET", "/ui"): PUBLIC,
+    ("GET", "/ui/login"): PUBLIC,
+    ("POST", "/ui/login"): PUBLIC,
+    ("POST", "/ui/logout"): READERS,
+    ("GET", "/ui/answers"): READERS,
+    ("GET", "/ui/answers/{record_id}"): READERS,
+    ("GET", "/ui/documents"): READERS,
+    ("GET", "/ui/documents/{document_id}"): READERS,
+    ("GET", "/ui/reports"): READERS,
+    ("GET", "/ui/reports/{kind}"): READERS,
+    ("GET", "/ui/evidence"): READERS,
+    ("GET", "/ui/integrity"): READERS,
 }
 
 

@@ -88,6 +88,18 @@ class KeyResolver:
             raise Unauthenticated("invalid API key")
         return entry.principal
 
+    async def by_prefix(self, prefix: str) -> Principal | None:
+        """The principal of a live key named by its prefix (a UI session, whose signed cookie
+        already proved the key once), or None if it is unknown or revoked."""
+        entry = self._cache.get(prefix)
+        if entry is None or entry.expires < time.monotonic():
+            try:
+                entry = await run_in_threadpool(self._load, prefix)
+            except SQLAlchemyError as exc:
+                raise StoreUnavailable("lineage store unavailable; request refused") from exc
+            self._cache[prefix] = entry
+        return entry.principal
+
     def forget(self) -> None:
         """Drop the cache (after a revocation in this process)."""
         self._cache.clear()

@@ -1,0 +1,1 @@
+"""Compliance reports and evidence packs."""

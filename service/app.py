@@ -62,8 +62,11 @@ API_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 ]
+# /ui: same-origin referrers, so a browser's form POST names its origin (checked on sign-in and
+# sign-out; with no-referrer Chromium sends "Origin: null")
 UI_HEADERS = [
-    *API_HEADERS,
+    *(h for h in API_HEADERS if h[0] != b"referrer-policy"),
+    (b"referrer-policy", b"same-origin"),
     (
         b"content-security-policy",
         b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "

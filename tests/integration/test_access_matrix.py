@@ -9,6 +9,7 @@ without a call described here, fails this test.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,11 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.documents.models import Chunk, DocumentVersion
 from service.tenancy.access import ACCESS, PUBLIC
+from service.ui.endpoints import router as ui_router
 from service.tenancy.models import Role
 from tests.conftest import TenantKeys, new_tenant
 from tests.support.servers import GatewayServer
@@ -112,6 +115,34 @@ CALLS: dict[tuple[str, str], Call] = {
     ("GET", "/v1/lineage/models/{snapshot_id}/answers"): Call(
         params=lambda _: {"snapshot_id": str(uuid.UUID(int=1))}, ok=frozenset({404})
     ),
+    ("GET", "/v1/reports/{kind}"): Call(
+        params=lambda _: {"kind": "activity"}, query=lambda _: PERIOD
+    ),
+    ("GET", "/v1/evidence"): Call(query=lambda _: PERIOD),
+}
+PERIOD = {"from": "2020-01-01T00:00:00Z", "to": "2030-01-01T00:00:00Z"}
+
+# the auditor UI: a signed session cookie instead of a bearer key. Without a session (no key, or
+# a role that may not sign in) a page redirects to the sign-in form; another tenant's objects 404
+UI_CALLS: dict[tuple[str, str], Call] = {
+    ("GET", "/ui"): Call(ok=frozenset({303})),
+    ("GET", "/ui/login"): Call(),
+    ("POST", "/ui/login"): Call(),
+    ("POST", "/ui/logout"): Call(ok=frozenset({303})),
+    ("GET", "/ui/answers"): Call(),
+    ("GET", "/ui/answers/{record_id}"): Call(
+        params=lambda o: {"record_id": o.record_id}, tenant_object=True
+    ),
+    ("GET", "/ui/documents"): Call(),
+    ("GET", "/ui/documents/{document_id}"): Call(
+        params=lambda o: {"document_id": o.document_id}, tenant_object=True
+    ),
+    ("GET", "/ui/reports"): Call(),
+    ("GET", "/ui/reports/{kind}"): Call(
+        params=lambda _: {"kind": "activity"}, query=lambda _: {**PERIOD, "format": "csv"}
+    ),
+    ("GET", "/ui/evidence"): Call(query=lambda _: PERIOD),
+    ("GET", "/ui/integrity"): Call(),
 }
 
 ROLES: list[Role | None] = [None, *Role]
@@ -197,11 +228,24 @@ def objects(gateway: GatewayServer, owner: TenantKeys, sessions: sessionmaker[Se
     return Objects(record_id, proof.json()["tree_size"], holds, document_id, str(chunk_id))
 
 
+def _ui_endpoints() -> set[tuple[str, str]]:
+    """The UI's pages (not in the OpenAPI schema), from its router."""
+    return {
+        (method, route.path)
+        for route in ui_router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+    }
+
+
 def test_every_endpoint_has_a_rule_and_a_described_call(gateway: GatewayServer) -> None:
     schema = httpx.get(f"{gateway.url}/openapi.json").json()
     endpoints = {(m.upper(), p) for p, ops in schema["paths"].items() for m in ops}
+    ui = _ui_endpoints()
+    assert ui and not any(p.startswith("/ui") for _, p in endpoints), "UI pages stay out of the API"
+    endpoints |= ui
     assert endpoints - set(ACCESS) == set(), "endpoints without an access rule"
-    assert endpoints - set(CALLS) == set(), "endpoints this matrix does not call"
+    assert endpoints - set(CALLS) - set(UI_CALLS) == set(), "endpoints this matrix does not call"
     assert set(ACCESS) - endpoints == set(), "access rules for endpoints that do not exist"
 
 
@@ -237,3 +281,72 @@ def test_route_role_tenant_matrix(
                 error = resp.json()["error"]
                 assert set(error) >= {"message", "type", "code"} and "Traceback" not in resp.text
     assert len(outcomes) == 2 * len(ROLES)
+
+
+def _ui_session(client: httpx.Client, gateway: GatewayServer, key: str | None) -> dict[str, str]:
+    """Sign in through the form (as a browser does); returns the headers a signed-in browser
+    sends (cookie and same-origin), plus the form token as ``csrf``. No session: no cookie."""
+    form = client.get(f"{gateway.url}/ui/login")
+    login_cookie = form.cookies.get("provenant_ui_login") or ""
+    token = re.search(r'name="token" value="([^"]+)"', form.text)
+    assert token is not None and login_cookie
+    if key is None:
+        return {"csrf": ""}
+    resp = client.post(
+        f"{gateway.url}/ui/login",
+        data={"key": key, "token": token.group(1)},
+        headers={"Cookie": f"provenant_ui_login={login_cookie}", "Origin": gateway.url},
+    )
+    session = resp.cookies.get("provenant_ui")
+    if session is None:
+        assert resp.status_code in (401, 403), resp.text[:300]
+        return {"csrf": ""}
+    assert resp.status_code == 303 and resp.headers["location"] == "/ui/answers"
+    page = client.get(f"{gateway.url}/ui/answers", headers={"Cookie": f"provenant_ui={session}"})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    return {"Cookie": f"provenant_ui={session}", "Origin": gateway.url, "csrf": csrf.group(1)}
+
+
+@pytest.mark.parametrize("endpoint", sorted(UI_CALLS), ids=lambda e: f"{e[0]} {e[1]}")
+def test_ui_role_tenant_matrix(
+    gateway: GatewayServer,
+    client: httpx.Client,
+    owner: TenantKeys,
+    stranger: TenantKeys,
+    objects: Objects,
+    endpoint: tuple[str, str],
+) -> None:
+    method, path = endpoint
+    call = UI_CALLS[endpoint]
+    allowed = ACCESS[endpoint]
+    for keys, whose in ((owner, "own"), (stranger, "other")):
+        for role in ROLES:
+            session = _ui_session(client, gateway, _key(keys, role))
+            signed_in = "Cookie" in session
+            assert signed_in == (role in {Role.auditor, Role.admin}), (role, session)
+            csrf = session.pop("csrf")
+            url = gateway.url + path.format(**call.params(objects))
+            if method == "POST" and path == "/ui/login":
+                resp = client.post(url, data={"key": "x", "token": "forged"}, headers=session)
+                assert resp.status_code == 403 and "provenant_ui=" not in resp.headers.get(
+                    "set-cookie", ""
+                )
+                continue
+            data = {"csrf": csrf} if method == "POST" else None
+            resp = client.request(
+                method, url, params=call.query(objects), data=data, headers=session
+            )
+            if allowed == PUBLIC:
+                expected = call.ok
+            elif not signed_in:
+                expected = frozenset({303})
+            elif whose == "other" and call.tenant_object:
+                expected = frozenset({404})
+            else:
+                expected = call.ok
+            assert resp.status_code in expected, (whose, role, resp.status_code, resp.text[:300])
+            if resp.status_code == 303 and allowed != PUBLIC and path != "/ui/logout":
+                assert resp.headers["location"] == "/ui/login"
+            if resp.headers.get("content-type", "").startswith("text/html"):
+                assert "content-security-policy" in resp.headers

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test install lint typecheck migrations-check bench clean
+.PHONY: run test install lint typecheck migrations-check bench clean system-deps browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,22 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 
 install: $(STAMP)
 
+## system libraries from Debian packages, installed only when missing (CI runs as root; elsewhere
+## sudo is used if present): Pango for PDF reports (WeasyPrint), Chromium for the UI browser test
+APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
+system-deps:
+	@ldconfig -p 2>/dev/null | grep -q 'libpangoft2-1.0.so.0' || { \
+	  echo "installing Pango (PDF reports)"; \
+	  $(APT) update -qq && $(APT) install -y -qq libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core; }
+
+browser: system-deps
+	@test -x /usr/bin/chromium || { \
+	  echo "installing Debian's chromium (UI browser test)"; \
+	  $(APT) update -qq && $(APT) install -y -qq chromium; }
+
 ## make run: install, migrate, create first-start keys, ingest the sample handbook (a no-op when
 ## unchanged), start the demo upstream and the gateway
-run: $(STAMP)
+run: $(STAMP) system-deps
 	$(BIN)/provenant migrate
 	$(BIN)/provenant keys bootstrap
 	$(BIN)/provenant ingest samples/handbook --collection handbook --tenant default
@@ -30,7 +43,7 @@ run: $(STAMP)
 	  $(BIN)/provenant serve
 
 ## make test: install test needs, lint, type-check, check migrations, run the suite
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) browser
 	$(BIN)/ruff check service tests bench migrations
 	$(BIN)/ruff format --check service tests bench migrations
 	$(BIN)/mypy

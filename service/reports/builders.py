@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.provenance.snapshots import model_view
 from service.reports import queries
-from service.reports.kinds import MAX_LIST_ROWS, Kind, section
+from service.reports.kinds import MAX_DETAIL_ROWS, MAX_LIST_ROWS, Kind, section
 from service.reports.model import Bar, Chart, Table
 from service.reports.queries import Scope
 
@@ -150,8 +150,13 @@ def model_inventory(session: Session, scope: Scope) -> tuple[list[Table], list[C
     return tables, [chart]
 
 
-def _capped(rows: list[Any], what: str) -> str | None:
-    return f"first {MAX_LIST_ROWS:,} {what} shown" if len(rows) >= MAX_LIST_ROWS else None
+def _capped(rows: list[Any], what: str, cap: int = MAX_LIST_ROWS) -> str | None:
+    if len(rows) < cap:
+        return None
+    return (
+        f"first {cap:,} {what} shown (the counts above cover all; the ai-act-log report and "
+        "the evidence pack list every record)"
+    )
 
 
 def source_usage(session: Session, scope: Scope) -> tuple[list[Table], list[Chart]]:
@@ -159,8 +164,8 @@ def source_usage(session: Session, scope: Scope) -> tuple[list[Table], list[Char
     versions = [dict(r) for r in queries.version_usage(session, scope)]
     for v in versions:
         v.pop("version_id", None)
-    superseded = [dict(r) for r in queries.superseded_citations(session, scope, MAX_LIST_ROWS)]
-    uncited = [dict(r) for r in queries.uncited_answers(session, scope, MAX_LIST_ROWS)]
+    superseded = [dict(r) for r in queries.superseded_citations(session, scope, MAX_DETAIL_ROWS)]
+    uncited = [dict(r) for r in queries.uncited_answers(session, scope, MAX_DETAIL_ROWS)]
     s = queries.sourced_summary(session, scope)
     summary = [
         {"measure": "sourced records (rag, extractive, rag-passthrough)", "value": s[0]},
@@ -168,22 +173,22 @@ def source_usage(session: Session, scope: Scope) -> tuple[list[Table], list[Char
         {"measure": "answers given no source", "value": s[2] or 0},
         {"measure": "answers citing none of their sources", "value": s[3] or 0},
         {"measure": "records with an unverified source", "value": s[4] or 0},
-        {
-            "measure": "answers citing a version superseded at answer time",
-            "value": len({r["record_id"] for r in superseded if r["at_answer_time"]}),
-        },
-        {
-            "measure": "answers citing a version superseded since",
-            "value": len({r["record_id"] for r in superseded if not r["at_answer_time"]}),
-        },
+        {"measure": "answers citing a version superseded at answer time", "value": s[5] or 0},
+        {"measure": "answers citing a version superseded since", "value": s[6] or 0},
     ]
     tables = [
         Table(section(Kind.source_usage, "summary"), summary),
         Table(section(Kind.source_usage, "documents"), versions),
         Table(
-            section(Kind.source_usage, "superseded"), superseded, _capped(superseded, "citations")
+            section(Kind.source_usage, "superseded"),
+            superseded,
+            _capped(superseded, "citations", MAX_DETAIL_ROWS),
         ),
-        Table(section(Kind.source_usage, "uncited"), uncited, _capped(uncited, "answers")),
+        Table(
+            section(Kind.source_usage, "uncited"),
+            uncited,
+            _capped(uncited, "answers", MAX_DETAIL_ROWS),
+        ),
     ]
     chart = Chart(
         "Citations per document version",

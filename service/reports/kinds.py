@@ -327,6 +327,8 @@ TITLES = {
 
 # lists (not aggregates) stop here; the evidence pack carries every record of the period
 MAX_LIST_ROWS = 10_000
+# the example lists under an aggregate (source-usage's superseded and uncited answers)
+MAX_DETAIL_ROWS = 1_000
 
 
 def section(kind: Kind, key: str) -> Section:

@@ -178,19 +178,45 @@ def version_usage(session: Session, scope: Scope) -> list[Any]:
 
 
 def sourced_summary(session: Session, scope: Scope) -> Any:
-    """Counts over the scope's sourced answers (rag, extractive, rag-passthrough)."""
-    cited = exists().where(Retrieval.record_id == AuditRecord.id, Retrieval.cited.is_(True))
-    any_source = exists().where(Retrieval.record_id == AuditRecord.id)
-    unverified = exists().where(
-        Retrieval.record_id == AuditRecord.id, Retrieval.verified.is_not(True)
+    """Counts over the scope's sourced answers (rag, extractive, rag-passthrough), from one
+    per-record aggregate of their retrievals: answers with no source, citing nothing, with an
+    unverified source, citing a version superseded at answer time, or superseded since."""
+    cited = Retrieval.cited.is_(True)
+    superseded_now = DocumentSupersession.version_id.is_not(None)
+    per_record = (
+        select(
+            Retrieval.record_id.label("record_id"),
+            _count_if(cited).label("cited"),
+            _count_if(Retrieval.verified.is_not(True)).label("unverified"),
+            _count_if(and_(cited, Retrieval.superseded.is_(True))).label("stale"),
+            _count_if(and_(cited, superseded_now, Retrieval.superseded.is_not(True))).label(
+                "since"
+            ),
+        )
+        .join(AuditRecord, AuditRecord.id == Retrieval.record_id)
+        .outerjoin(
+            DocumentSupersession,
+            DocumentSupersession.version_id == Retrieval.document_version_id,
+        )
+        .where(*scope.records(), AuditRecord.route_kind.in_(SOURCED_KINDS))
+        .group_by(Retrieval.record_id)
+        .subquery()
     )
-    stmt = select(
-        func.count().label("sourced_records"),
-        _count_if(AuditRecord.status == "ok").label("sourced_answers"),
-        _count_if(and_(AuditRecord.status == "ok", ~any_source)).label("answers_without_sources"),
-        _count_if(and_(AuditRecord.status == "ok", ~cited)).label("answers_citing_nothing"),
-        _count_if(unverified).label("records_with_unverified_sources"),
-    ).where(*scope.records(), AuditRecord.route_kind.in_(SOURCED_KINDS))
+    ok = AuditRecord.status == "ok"
+    stmt = (
+        select(
+            func.count().label("sourced_records"),
+            _count_if(ok).label("sourced_answers"),
+            _count_if(and_(ok, per_record.c.record_id.is_(None))).label("without_sources"),
+            _count_if(and_(ok, func.coalesce(per_record.c.cited, 0) == 0)).label("citing_nothing"),
+            _count_if(per_record.c.unverified > 0).label("unverified"),
+            _count_if(per_record.c.stale > 0).label("superseded_at_answer_time"),
+            _count_if(per_record.c.since > 0).label("superseded_since"),
+        )
+        .select_from(AuditRecord)
+        .outerjoin(per_record, per_record.c.record_id == AuditRecord.id)
+        .where(*scope.records(), AuditRecord.route_kind.in_(SOURCED_KINDS))
+    )
     return session.execute(stmt).one()
 
 

@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.documents.models import Chunk, DocumentVersion
 from service.tenancy.access import ACCESS, PUBLIC
-from service.ui.endpoints import router as ui_router
 from service.tenancy.models import Role
+from service.ui.endpoints import router as ui_router
 from tests.conftest import TenantKeys, new_tenant
 from tests.support.servers import GatewayServer
 

@@ -22,7 +22,7 @@ from service.cli import app as cli
 from service.integrity.evidence import verify_pack
 from service.lineage.models import AdminEvent
 from service.reports.kinds import SECTIONS, Format, Kind
-from tests.conftest import TenantKeys, new_tenant
+from tests.conftest import new_tenant
 from tests.support.mlflow import MlflowServer, Registry
 from tests.support.reports_seed import Seed, seeded_gateway
 from tests.support.servers import UpstreamServer

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from opentelemetry.trace import Span
+from opentelemetry.trace import INVALID_SPAN, Span
 from starlette.responses import Response
 
 from service.config import OpenAIRoute, Route
@@ -38,7 +38,7 @@ from service.provenance.resolver import ModelResolver, Served
 from service.retrieval.sources import Source
 from service.telemetry import attributes as attr
 from service.telemetry.metrics import Metrics
-from service.telemetry.tracing import Tracing, traceparent_of
+from service.telemetry.tracing import RetrievedDocument, Tracing, traceparent_of
 from service.tenancy.auth import Principal
 
 AUDIT_HEADER = "X-Provenant-Audit-Id"
@@ -164,27 +164,7 @@ class Pipeline:
         upstream_model = route.upstream_model or (
             None if route.upstream_model_from else body["model"]
         )
-        # tracing: the record joins the gateway's own server span; otherwise the caller's ids
-        trace_id, span_id = self._tracing.record_ids() or parse_traceparent(traceparent)
-        ex = Exchange(
-            principal,
-            route.name,
-            route.kind,
-            body,
-            upstream_model,
-            trace_id,
-            span_id,
-            started=started,
-        )
-        if self._tracing.enabled:
-            self._tracing.annotate(
-                {
-                    attr.PROVENANT_AUDIT_ID: str(ex.id),
-                    attr.PROVENANT_ROUTE: route.name,
-                    attr.PROVENANT_ROUTE_KIND: route.kind,
-                    attr.PROVENANT_TENANT_ID: str(principal.tenant_id),
-                }
-            )
+        ex = self._exchange(principal, route, body, upstream_model, traceparent, started)
         served = await self._pin_model(ex, route) if route.registry is not None else None
         engine = self._policies.engine
         facts: Facts | None = None
@@ -312,6 +292,39 @@ class Pipeline:
         }
         return AuditedStream(upstream, finish, headers, hold=hold)
 
+    def _exchange(
+        self,
+        principal: Principal,
+        route: Route,
+        body: dict[str, Any],
+        upstream_model: str | None,
+        traceparent: str | None,
+        started: float,
+    ) -> Exchange:
+        """The answer's exchange; its record joins the gateway's own server span (otherwise
+        the caller's ids), and the server span names the audit id and route."""
+        trace_id, span_id = self._tracing.record_ids() or parse_traceparent(traceparent)
+        ex = Exchange(
+            principal,
+            route.name,
+            route.kind,
+            body,
+            upstream_model,
+            trace_id,
+            span_id,
+            started=started,
+        )
+        if self._tracing.enabled:
+            self._tracing.annotate(
+                {
+                    attr.PROVENANT_AUDIT_ID: str(ex.id),
+                    attr.PROVENANT_ROUTE: route.name,
+                    attr.PROVENANT_ROUTE_KIND: route.kind,
+                    attr.PROVENANT_TENANT_ID: str(principal.tenant_id),
+                }
+            )
+        return ex
+
     async def _sourced(
         self,
         principal: Principal,
@@ -324,10 +337,7 @@ class Pipeline:
         keeps every source (retrieved or reported), cited or not, verified or not; policies
         see the sources (citations, grounding, staleness)."""
         assert self._plans is not None, "sourced routes need the document registry"
-        trace_id, span_id = self._tracing.record_ids() or parse_traceparent(traceparent)
-        ex = Exchange(
-            principal, route.name, route.kind, body, None, trace_id, span_id, started=started
-        )
+        ex = self._exchange(principal, route, body, None, traceparent, started)
         engine = self._policies.engine
         facts: Facts | None = None
         if engine is not None:
@@ -339,23 +349,35 @@ class Pipeline:
             if collection is None:
                 await plan.prepare()
             else:
-                with self._tracing.retrieval(collection, top_k=getattr(route, "top_k", None)):
+                top_k = getattr(route, "top_k", None)
+                with self._tracing.retrieval(collection, top_k=top_k) as span:
                     await plan.prepare()
+                    Tracing.record_documents(span, _retrieved(plan.sources))
         except ProvenantError as exc:
             await self._record_failure(ex, exc)
             raise
         ex.retrievals = [s.retrieval_row() for s in plan.sources]  # kept if generation fails
+        span = self._sourced_chat(ex, plan)
+        traceparent = traceparent_of(span) or traceparent
         if ex.stream:
             hold = engine is not None and engine.buffers_stream(
                 route.name, route.kind, principal.tenant
             )
-            return await self._stream_sourced(ex, plan, traceparent, engine, facts, hold)
+            return await self._stream_sourced(ex, plan, traceparent, span, engine, facts, hold)
         try:
             answer, ex.upstream_latency_ms = await plan.complete(traceparent)
         except ProvenantError as exc:
+            Tracing.end_chat(span, error_type=exc.code)
             await self._record_failure(ex, exc)
             raise
         choices = _choices(answer)
+        Tracing.end_chat(
+            span,
+            response_id=answer.get("id"),
+            response_model=answer.get("model"),
+            usage=answer.get("usage"),
+            choices=choices,
+        )
         sources = await plan.settle(answer_text(choices), answer)
         ex.retrievals = [s.retrieval_row() for s in sources]
         if engine is not None and facts is not None:
@@ -385,11 +407,22 @@ class Pipeline:
             orjson.dumps(answer), media_type="application/json", headers={AUDIT_HEADER: str(ex.id)}
         )
 
+    def _sourced_chat(self, ex: Exchange, plan: Plan) -> Span:
+        """The ``chat`` span of a sourced answer's generator call (none for the built-in
+        extractive generator, which calls nothing)."""
+        if plan.upstream is None:
+            return INVALID_SPAN
+        model = plan.upstream_model or ""
+        return self._tracing.start_chat(
+            upstream=plan.upstream, request_model=model, body={**ex.body, "model": model}
+        )
+
     async def _stream_sourced(
         self,
         ex: Exchange,
         plan: Plan,
         traceparent: str | None,
+        span: Span,
         engine: Engine | None,
         facts: Facts | None,
         hold: bool,
@@ -398,12 +431,21 @@ class Pipeline:
         try:
             upstream = await plan.open_stream(traceparent)
         except ProvenantError as exc:
+            Tracing.end_chat(span, error_type=exc.code)
             await self._record_failure(ex, exc)
             raise
 
         async def settle_and_commit(acc: StreamAccumulator, end: StreamEnd) -> dict[str, Any]:
             ex.upstream_latency_ms = (time.perf_counter() - started_upstream) * 1000
             choices = acc.choices()
+            Tracing.end_chat(
+                span,
+                response_id=acc.id,
+                response_model=acc.model,
+                usage=acc.usage,
+                choices=choices,
+                error_type=None if end.status is RecordStatus.ok else end.status.value,
+            )
             sources = await plan.settle(answer_text(choices), None)
             ex.retrievals = [s.retrieval_row() for s in sources]
             if engine is not None and facts is not None and end.status is RecordStatus.ok:
@@ -574,6 +616,17 @@ def _choices(answer: dict[str, Any]) -> list[dict[str, Any]]:
         }
         for i, c in enumerate(answer["choices"])
         if isinstance(c, dict)
+    ]
+
+
+def _retrieved(sources: list[Source]) -> list[RetrievedDocument]:
+    """What the retrieval span reports of the sources: document, version and score, no text."""
+    return [
+        RetrievedDocument(
+            str(s.document_id), s.score, None if s.version is None else str(s.version)
+        )
+        for s in sources
+        if s.document_id is not None and s.score is not None
     ]
 
 

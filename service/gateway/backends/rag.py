@@ -42,6 +42,7 @@ class Plan(Protocol):
     """One answer of a sourced route kind."""
 
     upstream_model: str | None
+    upstream: str | None  # the base URL the generator calls; None for the built-in generator
     sources: list[Source]
 
     async def prepare(self) -> None: ...
@@ -127,6 +128,7 @@ class RagPlan:
         self.upstream_model: str | None = (
             (generator.upstream_model or generator.name) if generator is not None else EXTRACTIVE
         )
+        self.upstream: str | None = generator.upstream if generator is not None else None
         self.sources: list[Source] = []
 
     async def prepare(self) -> None:
@@ -184,6 +186,7 @@ class PassthroughPlan:
         self._sessions = sessions
         self._reported: Any = None
         self.upstream_model: str | None = route.upstream_model or str(body["model"])
+        self.upstream: str | None = route.upstream
         self.sources: list[Source] = []
 
     async def prepare(self) -> None:

@@ -190,22 +190,8 @@ class Pipeline:
             Tracing.end_chat(span, error_type=exc.code)
             await self._record_failure(ex, exc)
             raise
-        choices = [
-            {
-                "index": c.get("index", i),
-                "message": c.get("message"),
-                "finish_reason": c.get("finish_reason"),
-            }
-            for i, c in enumerate(answer["choices"])
-            if isinstance(c, dict)
-        ]
-        Tracing.end_chat(
-            span,
-            response_id=answer.get("id"),
-            response_model=answer.get("model"),
-            usage=answer.get("usage"),
-            choices=choices,
-        )
+        choices = _choices(answer)
+        _end_chat(span, answer, choices)
         if engine is not None and facts is not None:
             post = self._decide(engine, Stage.post, facts.answered(answer_text(choices)))
             _decided(ex, post)
@@ -256,14 +242,7 @@ class Pipeline:
             ex.upstream_latency_ms = (time.perf_counter() - started_upstream) * 1000
             err = end.error
             choices = acc.choices()
-            Tracing.end_chat(
-                span,
-                response_id=acc.id,
-                response_model=acc.model,
-                usage=acc.usage,
-                choices=choices,
-                error_type=None if end.status is RecordStatus.ok else end.status.value,
-            )
+            _end_streamed_chat(span, acc, end, choices)
             if engine is not None and facts is not None and end.status is RecordStatus.ok:
                 post = self._decide(engine, Stage.post, facts.answered(answer_text(choices)))
                 _decided(ex, post)
@@ -371,13 +350,7 @@ class Pipeline:
             await self._record_failure(ex, exc)
             raise
         choices = _choices(answer)
-        Tracing.end_chat(
-            span,
-            response_id=answer.get("id"),
-            response_model=answer.get("model"),
-            usage=answer.get("usage"),
-            choices=choices,
-        )
+        _end_chat(span, answer, choices)
         sources = await plan.settle(answer_text(choices), answer)
         ex.retrievals = [s.retrieval_row() for s in sources]
         if engine is not None and facts is not None:
@@ -438,14 +411,7 @@ class Pipeline:
         async def settle_and_commit(acc: StreamAccumulator, end: StreamEnd) -> dict[str, Any]:
             ex.upstream_latency_ms = (time.perf_counter() - started_upstream) * 1000
             choices = acc.choices()
-            Tracing.end_chat(
-                span,
-                response_id=acc.id,
-                response_model=acc.model,
-                usage=acc.usage,
-                choices=choices,
-                error_type=None if end.status is RecordStatus.ok else end.status.value,
-            )
+            _end_streamed_chat(span, acc, end, choices)
             sources = await plan.settle(answer_text(choices), None)
             ex.retrievals = [s.retrieval_row() for s in sources]
             if engine is not None and facts is not None and end.status is RecordStatus.ok:
@@ -617,6 +583,29 @@ def _choices(answer: dict[str, Any]) -> list[dict[str, Any]]:
         for i, c in enumerate(answer["choices"])
         if isinstance(c, dict)
     ]
+
+
+def _end_chat(span: Span, answer: dict[str, Any], choices: list[dict[str, Any]]) -> None:
+    Tracing.end_chat(
+        span,
+        response_id=answer.get("id"),
+        response_model=answer.get("model"),
+        usage=answer.get("usage"),
+        choices=choices,
+    )
+
+
+def _end_streamed_chat(
+    span: Span, acc: StreamAccumulator, end: StreamEnd, choices: list[dict[str, Any]]
+) -> None:
+    Tracing.end_chat(
+        span,
+        response_id=acc.id,
+        response_model=acc.model,
+        usage=acc.usage,
+        choices=choices,
+        error_type=None if end.status is RecordStatus.ok else end.status.value,
+    )
 
 
 def _retrieved(sources: list[Source]) -> list[RetrievedDocument]:

@@ -87,6 +87,12 @@ def record(gateway: GatewayServer, key: str, audit_id: str) -> dict[str, Any]:
     return resp.json()  # type: ignore[no-any-return]
 
 
+def ask(client: openai.OpenAI, model: str, content: str = QUESTION, **extra: Any) -> Any:
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": content}], **extra
+    )
+
+
 def decided(rec: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
     return {d["policy_id"]: (d["outcome"], d["detail"]) for d in rec["policies"]}
 
@@ -96,16 +102,12 @@ def test_an_answer_without_a_citation_is_withheld_and_one_with_a_citation_delive
 ) -> None:
     ingest(sourced, tenant.admin, 25)
     with sdk(sourced, tenant.app) as client:
-        cited = client.chat.completions.create(
-            model="hr-rag", messages=[{"role": "user", "content": QUESTION}]
-        )
+        cited = ask(client, "hr-rag")
         prov = cited.model_extra["provenance"]
         assert {d["id"]: d["outcome"] for d in prov["policies"]} == {"must-cite": "pass"}
 
         with pytest.raises(openai.PermissionDeniedError) as exc:
-            client.chat.completions.create(
-                model="hr-echo", messages=[{"role": "user", "content": QUESTION}]
-            )
+            ask(client, "hr-echo")
         body = exc.value.body
         assert isinstance(body, dict) and body["code"] == "policy_blocked"
         assert "'must-cite'" in body["message"]
@@ -113,9 +115,7 @@ def test_an_answer_without_a_citation_is_withheld_and_one_with_a_citation_delive
         # streamed: held back until the citations are known, then refused as a whole
         seen: list[str] = []
         with pytest.raises(openai.APIError) as streamed:
-            for chunk in client.chat.completions.create(
-                model="hr-echo", messages=[{"role": "user", "content": QUESTION}], stream=True
-            ):
+            for chunk in ask(client, "hr-echo", stream=True):
                 seen.extend(c.delta.content or "" for c in chunk.choices)
         assert seen == [] or "Echo" not in "".join(seen)
 
@@ -137,11 +137,8 @@ def test_an_answer_not_supported_by_the_retrieved_text_is_flagged(
 ) -> None:
     ingest(sourced, tenant.admin, 25)
     with sdk(sourced, tenant.app) as client:
-        quoted = client.chat.completions.create(
-            model="hr-assistant", messages=[{"role": "user", "content": QUESTION}]
-        )
-        off_topic = [{"role": "user", "content": "What is the capital of Peru?"}]
-        echoed = client.chat.completions.create(model="ungrounded", messages=off_topic)
+        quoted = ask(client, "hr-assistant")
+        echoed = ask(client, "ungrounded", "What is the capital of Peru?")
     assert "25 days" in (quoted.choices[0].message.content or "")
     grounded = record(sourced, tenant.auditor, quoted.model_extra["provenance"]["audit_id"])
     outcome, detail = decided(grounded)["grounded"]
@@ -162,20 +159,14 @@ def test_an_answer_citing_a_superseded_version_is_flagged_stale(
 ) -> None:
     ingest(sourced, tenant.admin, 25)
     with sdk(sourced, tenant.app) as client:
-        v1 = client.chat.completions.create(
-            model="hr-assistant", messages=[{"role": "user", "content": QUESTION}]
-        )
+        v1 = ask(client, "hr-assistant")
         old_chunk = v1.model_extra["provenance"]["sources"][0]["chunk_id"]
         reply = external_rag.app[REPLY_KEY]
 
         reply.update(answer="Employees accrue 25 days [1].", sources=[{"chunk_id": old_chunk}])
-        current = client.chat.completions.create(
-            model="external-rag", messages=[{"role": "user", "content": QUESTION}]
-        )
+        current = ask(client, "external-rag")
         assert ingest(sourced, tenant.admin, 28)["status"] == "new_version"
-        stale = client.chat.completions.create(
-            model="external-rag", messages=[{"role": "user", "content": QUESTION}]
-        )
+        stale = ask(client, "external-rag")
 
     earlier = record(sourced, tenant.auditor, current.model_extra["provenance"]["audit_id"])
     assert decided(earlier)["current-sources"] == ("pass", None)

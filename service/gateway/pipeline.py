@@ -317,11 +317,20 @@ class Pipeline:
         see the sources (citations, grounding, staleness)."""
         assert self._plans is not None, "sourced routes need the document registry"
         ex = self._exchange(principal, route, body, None, traceparent, started)
+        # a generator linked to the registry (a fine-tuned model answering from sources): the
+        # answer is pinned to its snapshot too, and asks the upstream for that version's adapter
+        generator = self._plans.generator(route)
+        served = None
+        if generator is not None and generator.registry is not None:
+            served = await self._pin_model(ex, generator)
         engine = self._policies.engine
         facts: Facts | None = None
         if engine is not None:
-            facts = await self._pre_policies(engine, ex, route, None)
+            model = None if served is None else served.snapshot.content
+            facts = await self._pre_policies(engine, ex, route, model)
         plan = self._plans.plan(principal, route, ex.body)  # the prompt as the policies left it
+        if served is not None and ex.upstream_model is not None:
+            plan.upstream_model = ex.upstream_model  # the version's adapter (upstream_model_from)
         ex.upstream_model = plan.upstream_model
         collection = getattr(route, "collection", None)
         try:

@@ -241,14 +241,18 @@ class Plans:
         self._retriever = retriever
         self._sessions = sessions
 
+    def generator(self, route: Route) -> OpenAIRoute | None:
+        """The ``openai`` route a ``rag`` route generates with (None: built-in or external)."""
+        if not isinstance(route, RagRoute) or route.generator == EXTRACTIVE:
+            return None
+        target = self._routes[route.generator]  # checked when the routes file loads
+        assert isinstance(target, OpenAIRoute)
+        return target
+
     def plan(self, principal: Principal, route: Route, body: dict[str, Any]) -> Plan:
         """The plan for one request on a ``rag``, ``extractive`` or ``rag-passthrough`` route."""
         if isinstance(route, RagPassthroughRoute):
             return PassthroughPlan(principal, route, body, self._backend, self._sessions)
         assert isinstance(route, RagRoute | ExtractiveRoute)
-        generator = None
-        if isinstance(route, RagRoute) and route.generator != EXTRACTIVE:
-            target = self._routes[route.generator]  # checked when the routes file loads
-            assert isinstance(target, OpenAIRoute)
-            generator = target
+        generator = self.generator(route)
         return RagPlan(principal, route, body, generator, self._backend, self._retriever)

@@ -9,6 +9,7 @@ to recover. PostgreSQL refuses to run as root, so as root every command runs as 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -82,8 +83,6 @@ class PrivateCluster:
 
     def destroy(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            try:
+            with contextlib.suppress(RuntimeError):
                 self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-            except RuntimeError:
-                pass
         shutil.rmtree(self.root, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -152,7 +153,10 @@ def create_app(
         retaining = asyncio.create_task(retain_periodically(sessions, settings))
         metrics.watch_store(engine, writer)
         models = await _model_resolver(settings, routes, engine)
-        registry = await run_in_threadpool(Registry.build, settings, sessions)
+        sourced = any(route.kind != "openai" for route in routes.routes)
+        registry = await run_in_threadpool(
+            functools.partial(Registry.build, settings, sessions, open_now=sourced)
+        )
         app.state.settings = settings
         app.state.metrics = metrics
         app.state.sessions = sessions

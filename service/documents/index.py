@@ -24,11 +24,13 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
-from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+if TYPE_CHECKING:  # imported on first use by _load_qdrant()
+    from qdrant_client import QdrantClient, models
+    from qdrant_client.http.exceptions import UnexpectedResponse
 
 from service.config import Settings
 from service.documents.sparse import Sparse
@@ -39,7 +41,31 @@ log = logging.getLogger("provenant.index")
 SPARSE = "bm25"
 DENSE = "dense"
 _UPSERT_BATCH = 256
-_STORE_ERRORS = (UnexpectedResponse, ResponseHandlingException, httpx.HTTPError, OSError)
+_STORE_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError)
+
+
+def _load_qdrant() -> None:
+    """Import qdrant-client on first use, not at import: it costs ~55 MiB and ~3 s, which a
+    worker serving only ``openai`` routes never needs (bench/RESULTS.md, soak). Binds the
+    module names the type checker sees under TYPE_CHECKING."""
+    global _STORE_ERRORS
+    if "models" in globals():
+        return
+    import qdrant_client
+    from qdrant_client.http import exceptions
+
+    globals().update(
+        QdrantClient=qdrant_client.QdrantClient,
+        models=qdrant_client.models,
+        UnexpectedResponse=exceptions.UnexpectedResponse,
+    )
+    _STORE_ERRORS = (
+        *_STORE_ERRORS,
+        exceptions.UnexpectedResponse,
+        exceptions.ResponseHandlingException,
+    )
+
+
 T = TypeVar("T")
 
 
@@ -81,6 +107,7 @@ class VectorIndex:
     """Qdrant, as the registry uses it."""
 
     def __init__(self, client: QdrantClient, *, prefix: str = "provenant_", local: bool) -> None:
+        _load_qdrant()
         self._client = client
         self._prefix = prefix
         self._local = local
@@ -90,6 +117,7 @@ class VectorIndex:
     @classmethod
     def open(cls, settings: Settings) -> VectorIndex:
         """Connect to the configured Qdrant; VectorStoreUnavailable if local mode is in use."""
+        _load_qdrant()
         if settings.qdrant_url:
             key = settings.qdrant_api_key
             client = QdrantClient(

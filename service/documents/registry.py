@@ -21,12 +21,16 @@ class Registry:
     limits: Limits
 
     @classmethod
-    def build(cls, settings: Settings, sessions: sessionmaker[Session]) -> Registry:
-        """The registry for these settings; the index opens now if it can, else on first use."""
+    def build(
+        cls, settings: Settings, sessions: sessionmaker[Session], *, open_now: bool = True
+    ) -> Registry:
+        """The registry for these settings; the index opens now (``open_now``) if it can, else
+        on first use (a gateway with no sourced route opens it only if documents are used)."""
         registry = cls(
             sessions, IndexProvider(settings), Embedder.from_settings(settings), Limits.of(settings)
         )
-        registry.indexes.try_open()
+        if open_now:
+            registry.indexes.try_open()
         return registry
 
     def close(self) -> None:

@@ -9,7 +9,8 @@ the model name it is asked for, so one server covers every fault a proxy must su
 | ``fail-<5xx>``   | HTTP 5xx (``fail-500``, ``fail-503``...) with an OpenAI error body |
 | ``reject-400``   | HTTP 400 with an OpenAI error body                               |
 | ``slow-<ms>``    | waits <ms> milliseconds, then answers                            |
-| ``bad-json``     | HTTP 200 whose body is not JSON (streamed: an event that is not) |
+| ``bad-json``     | HTTP 200 whose body is not JSON                                  |
+| ``bad-event``    | streams one chunk, then an event that is not JSON               |
 | ``cut-stream``   | streams two chunks, then drops the connection without [DONE]     |
 | ``truncate-sse`` | streams two chunks, then half an event, then closes              |
 | ``drip-<ms>``    | streams one word every <ms> milliseconds (for disconnect tests)  |
@@ -132,7 +133,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return _error(int(failing.group(1)), "demo upstream failure")
     if model == "reject-400":
         return _error(400, "demo upstream rejects this request")
-    if model == "bad-json" and not body.get("stream"):
+    if model == "bad-json":
         return web.Response(text="{not json", content_type="application/json")
     if model.startswith("huge-"):
         kib = int(_suffix_ms(model, "huge-") * 1000)
@@ -228,7 +229,7 @@ async def _stream(
             assert request.transport is not None
             request.transport.close()
             return resp
-        if model == "bad-json" and k == 1:
+        if model == "bad-event" and k == 1:
             await resp.write(b"data: {not json\n\n")
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()

@@ -333,7 +333,7 @@ class Pipeline:
                 error_message=err.message if err else None,
             )
             view = provenance(ex, acc.model, self._receipts.issue(row, ex.delivered_sha256))
-            await self._commit(ex, row, _streamed(acc, view))
+            await self._commit(ex, row, _streamed(acc, view) if ex.idempotency_key else None)
             return view
 
         headers = {
@@ -464,7 +464,7 @@ class Pipeline:
             view = provenance(
                 ex, acc.model, self._receipts.issue(row, ex.delivered_sha256), sources
             )
-            await self._commit(ex, row, _streamed(acc, view))
+            await self._commit(ex, row, _streamed(acc, view) if ex.idempotency_key else None)
             return view
 
         async def finish(acc: StreamAccumulator, end: StreamEnd) -> dict[str, Any]:

@@ -99,6 +99,7 @@ def setup(
             route("http-500", "fail-500"),
             route("http-503", "fail-503"),
             route("bad-json", "bad-json"),
+            route("bad-event", "bad-event"),
             route("cut", "cut-stream"),
             route("truncated", "truncate-sse"),
             route("stall", "stall-stream", QUICK),
@@ -127,7 +128,8 @@ FAULTS = [
     ("http-500", False, 502, "upstream_error", "upstream_error"),
     ("http-503", True, 502, "upstream_error", "upstream_error"),
     ("bad-json", False, 502, "upstream_error", "upstream_error"),
-    ("bad-json", True, None, "upstream_error", "upstream_error"),
+    ("bad-json", True, 502, "upstream_error", "upstream_error"),  # JSON, not a stream
+    ("bad-event", True, None, "upstream_error", "upstream_error"),
     ("cut", True, None, "upstream_error", "upstream_error"),
     ("truncated", True, None, "upstream_error", "upstream_error"),
     ("stall", True, None, "upstream_timeout", "upstream_timeout"),

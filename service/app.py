@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from service.gateway import endpoints as gateway_endpoints
 from service.gateway.backends.openai import OpenAIBackend, new_client_session
 from service.gateway.backends.rag import Plans
 from service.gateway.fastpath import PATH, is_chat_completion, serve_chat_completion
+from service.gateway.idempotency import Idempotency
 from service.gateway.pipeline import Pipeline
 from service.gateway.writer import AuditWriter
 from service.health import router as health_router
@@ -157,7 +159,10 @@ def create_app(
         retaining = asyncio.create_task(retain_periodically(sessions, settings))
         metrics.watch_store(engine, writer)
         models = await _model_resolver(settings, routes, engine)
-        registry = await run_in_threadpool(Registry.build, settings, sessions)
+        sourced = any(route.kind != "openai" for route in routes.routes)
+        registry = await run_in_threadpool(
+            functools.partial(Registry.build, settings, sessions, open_now=sourced)
+        )
         app.state.settings = settings
         app.state.metrics = metrics
         app.state.sessions = sessions
@@ -178,7 +183,7 @@ def create_app(
         )
         app.state.policies = policies
         app.state.registry = registry
-        backend = OpenAIBackend(http)
+        backend = OpenAIBackend(http, max_response_bytes=settings.max_upstream_response_bytes)
         app.state.pipeline = Pipeline(
             routes.by_name(),
             backend,
@@ -189,15 +194,20 @@ def create_app(
             Plans(routes.by_name(), backend, Retriever(registry), sessions),
             tracing=tracer,
             metrics=metrics,
+            idempotency=Idempotency(
+                sessions, ttl_s=settings.idempotency_ttl_s, lease_s=settings.idempotency_lease_s
+            ),
         )
         app.state.observer = HttpObserver(tracer, metrics)
         app.state.draining = False
         await _policies_on_record(policies, sessions)
         _reload_on_sighup(policies, sessions)
+        _drain_on_sigterm(app, settings.shutdown_delay_s)
         try:
             yield
         finally:
             app.state.draining = True
+            log.info("shutting down: flushing the audit writer")
             for task in (sealing, retaining):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -262,6 +272,32 @@ def _reload_on_sighup(policies: Policies, sessions: sessionmaker[Session]) -> No
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+def _drain_on_sigterm(app: FastAPI, delay_s: float) -> None:
+    """SIGTERM: readiness goes false at once (``/readyz`` 503, so load balancers stop sending),
+    the gateway keeps serving for ``delay_s``, then hands the signal to the server, which stops
+    accepting, lets in-flight requests (streams too) finish, and runs the lifespan's shutdown:
+    the audit writer flushes every queued record before the process exits.
+
+    Only under a server that handles SIGTERM itself (uvicorn, in the main thread): its handler
+    is the one called after the delay. A second SIGTERM skips the rest of the delay."""
+    loop = asyncio.get_running_loop()
+    server_handler = signal.getsignal(signal.SIGTERM)
+    if not callable(server_handler):
+        return
+    handler = server_handler
+
+    def on_sigterm() -> None:
+        if app.state.draining:
+            handler(signal.SIGTERM, None)
+            return
+        app.state.draining = True
+        log.info("SIGTERM: not ready; draining in %gs", delay_s)
+        loop.call_later(delay_s, handler, signal.SIGTERM, None)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
 
 
 async def _model_resolver(settings: Settings, routes: RoutesFile, engine: Engine) -> ModelResolver:

@@ -49,6 +49,18 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=0, ge=0, description="burst per key; 0 = 2 x rate")
     max_json_depth: int = Field(default=64, ge=4, le=512)
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_upstream_response_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="larger upstream answers are refused (502)"
+    )
+    # idempotency (Idempotency-Key header)
+    idempotency_ttl_s: float = Field(default=86400.0, gt=0, description="how long a key holds")
+    idempotency_lease_s: float = Field(
+        default=360.0, gt=0, description="a key whose answer got no record is free again after"
+    )
+    # graceful shutdown
+    shutdown_delay_s: float = Field(
+        default=0.0, ge=0, le=300, description="on SIGTERM: not ready, still serving, this long"
+    )
     # privacy
     retention_floor_days: int = Field(
         default=183, ge=0, description="no content younger than this is erased by retention"

@@ -6,13 +6,16 @@ the model name it is asked for, so one server covers every fault a proxy must su
 | model            | behaviour                                                        |
 |------------------|------------------------------------------------------------------|
 | anything else    | a normal answer (streamed or not), usage counted in words        |
-| ``fail-500``     | HTTP 500 with an OpenAI error body                               |
+| ``fail-<5xx>``   | HTTP 5xx (``fail-500``, ``fail-503``...) with an OpenAI error body |
 | ``reject-400``   | HTTP 400 with an OpenAI error body                               |
 | ``slow-<ms>``    | waits <ms> milliseconds, then answers                            |
 | ``bad-json``     | HTTP 200 whose body is not JSON                                  |
+| ``bad-event``    | streams one chunk, then an event that is not JSON               |
 | ``cut-stream``   | streams two chunks, then drops the connection without [DONE]     |
+| ``truncate-sse`` | streams two chunks, then half an event, then closes              |
 | ``drip-<ms>``    | streams one word every <ms> milliseconds (for disconnect tests)  |
 | ``stall-stream`` | streams one chunk, then goes silent                              |
+| ``huge-<kib>``   | answers <kib> KiB of text (streamed: in 1 KiB chunks)            |
 | ``cite-<refs>``  | answers citing sources ``<refs>`` (``cite-1_3`` → ``[1, 3]``)      |
 
 Tool definitions in the request make it answer with a tool call instead. ``POST /v1/embeddings``
@@ -125,13 +128,20 @@ async def chat(request: web.Request) -> web.StreamResponse:
         delay += _suffix_ms(model, "slow-")
     if delay:
         await asyncio.sleep(delay)
-    if model == "fail-500":
-        return _error(500, "demo upstream failure")
+    failing = re.fullmatch(r"fail-(5\d\d)", model)
+    if failing:
+        return _error(int(failing.group(1)), "demo upstream failure")
     if model == "reject-400":
         return _error(400, "demo upstream rejects this request")
     if model == "bad-json":
         return web.Response(text="{not json", content_type="application/json")
-    answer = _cited_answer(model) if model.startswith("cite-") else _answer_text(body)
+    if model.startswith("huge-"):
+        kib = int(_suffix_ms(model, "huge-") * 1000)
+        answer = " ".join(["x" * 1023] * kib)
+    elif model.startswith("cite-"):
+        answer = _cited_answer(model)
+    else:
+        answer = _answer_text(body)
     created = int(time.time())
     cid = f"chatcmpl-demo{time.monotonic_ns()}"
     n = int(body.get("n") or 1)
@@ -213,6 +223,16 @@ async def _stream(
         if model == "cut-stream" and k == 2:
             assert request.transport is not None
             request.transport.close()
+            return resp
+        if model == "truncate-sse" and k == 2:
+            await resp.write(b'data: {"id": "' + cid.encode() + b'", "object": "chat.compl')
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        if model == "bad-event" and k == 1:
+            await resp.write(b"data: {not json\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
             return resp
         if model == "stall-stream" and k == 1:
             # polling: aiohttp offers no event for "client went away" to a running handler

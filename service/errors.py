@@ -92,6 +92,35 @@ class Conflict(ProvenantError):
     code = "conflict"
 
 
+class InvalidIdempotencyKey(InvalidRequest):
+    code = "invalid_idempotency_key"
+
+
+class IdempotencyKeyReused(ProvenantError):
+    """The key was already used by this tenant for a request with another body."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "idempotency_key_reused"
+
+
+class IdempotencyKeyInUse(ProvenantError):
+    """The request first sent with this key is still being answered (retry shortly)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "idempotency_key_in_use"
+
+
+class IdempotentReplayUnavailable(ProvenantError):
+    """The answer first given for this key was recorded, but its content is not kept (content
+    policy or erasure), so it cannot be given again."""
+
+    status = 410
+    type = "invalid_request_error"
+    code = "idempotency_replay_unavailable"
+
+
 class ClientClosedRequest(ProvenantError):
     """The client went away before its request was read; nobody is left to answer."""
 
@@ -197,6 +226,10 @@ class UpstreamError(ProvenantError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class UpstreamResponseTooLarge(UpstreamError):
+    code = "upstream_response_too_large"
 
 
 class UpstreamRejected(ProvenantError):

@@ -3,7 +3,14 @@
 from service.db.base import Base
 from service.documents.models import Chunk, Document, DocumentSupersession, DocumentVersion
 from service.integrity.models import Checkpoint, LogEntry, LogPending, SigningKey, TreeNode
-from service.lineage.models import AdminEvent, AuditRecord, PolicyDecision, Retrieval
+from service.lineage.models import (
+    AdminEvent,
+    AuditRecord,
+    IdempotencyKey,
+    IdempotentReplay,
+    PolicyDecision,
+    Retrieval,
+)
 from service.privacy.models import LegalHold
 from service.provenance.models import ModelSnapshot
 from service.tenancy.models import ApiKey, Tenant
@@ -18,6 +25,8 @@ __all__ = [
     "Document",
     "DocumentSupersession",
     "DocumentVersion",
+    "IdempotencyKey",
+    "IdempotentReplay",
     "LegalHold",
     "LogEntry",
     "LogPending",

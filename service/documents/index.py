@@ -19,7 +19,6 @@ import contextlib
 import functools
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -357,45 +356,3 @@ class VectorIndex:
             return [(uuid.UUID(str(p.id)), float(p.score)) for p in result.points]
 
         return self._call(run)
-
-
-class IndexProvider:
-    """The gateway's index, opened at start or, if local mode's folder is busy then (a direct
-    ``provenant ingest`` running), on first use; failed opens are retried at most once a
-    second, and callers get VectorStoreUnavailable meanwhile."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._index: VectorIndex | None = None
-        self._lock = threading.Lock()
-        self._next_try = 0.0
-        self._error: VectorStoreUnavailable | None = None
-
-    def get(self) -> VectorIndex:
-        """The open index (blocking: call from a worker thread)."""
-        if self._index is not None:
-            return self._index
-        with self._lock:
-            if self._index is None:
-                if time.monotonic() < self._next_try and self._error is not None:
-                    raise self._error
-                try:
-                    self._index = VectorIndex.open(self._settings)
-                except VectorStoreUnavailable as exc:
-                    self._error, self._next_try = exc, time.monotonic() + 1.0
-                    raise
-            return self._index
-
-    def try_open(self) -> None:
-        """Open now if possible; log (not raise) when local mode's folder is busy."""
-        try:
-            self.get()
-        except VectorStoreUnavailable as exc:
-            log.warning("%s; retrying on first use", exc.message)
-
-    def close(self) -> None:
-        """Close the index if it was opened."""
-        with self._lock:
-            if self._index is not None:
-                self._index.close()
-                self._index = None

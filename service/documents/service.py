@@ -26,7 +26,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import uuid_utils
@@ -39,7 +39,6 @@ from service.documents import repository
 from service.documents.chunking import chunk_pages
 from service.documents.embeddings import Embedder
 from service.documents.extract import extract, media_type_for
-from service.documents.index import IndexPoint, VectorIndex
 from service.documents.models import Chunk, Document, DocumentSupersession, DocumentVersion
 from service.documents.schemas import (
     ChunkOut,
@@ -59,6 +58,9 @@ from service.errors import (
     StoreUnavailable,
 )
 from service.lineage.events import record_event
+
+if TYPE_CHECKING:  # qdrant-client loads with the index, on first use
+    from service.documents.index import VectorIndex
 
 log = logging.getLogger("provenant.documents")
 _COLLECTION = re.compile(COLLECTION_PATTERN)
@@ -128,6 +130,8 @@ def ingest(
     actor: str,
 ) -> IngestOut:
     """Register ``upload`` as a new document, a new version of it, or nothing if unchanged."""
+    from service.documents.index import IndexPoint  # loaded with ``index`` already
+
     check_upload(upload, limits)
     media_type = media_type_for(upload.filename, upload.media_type)
     content_sha256 = sha256_hex(upload.data)
@@ -266,6 +270,8 @@ def reindex(
     new vector store (local mode to a server, say) is filled again. Points get the same ids;
     current versions end active, superseded ones inactive, and points whose chunk SQL does not
     know (left by an interrupted ingestion) are deleted."""
+    from service.documents.index import IndexPoint  # loaded with ``index`` already
+
     with sessions() as session:
         versions = repository.versions_of_collection(session, collection)
     known: set[str] = set()

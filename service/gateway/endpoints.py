@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.deps import PipelineDep, SettingsDep
+from service.gateway.idempotency import parse_key
 from service.gateway.requests import check_chat_request, read_json_body
 from service.gateway.streaming import AuditedStream
 from service.tenancy.auth import CurrentPrincipal
@@ -43,11 +44,12 @@ async def chat_completions(
     """Create a chat completion through a route; the answer carries its provenance."""
     # served by fastpath.serve_chat_completion ahead of the framework (app.Gateway); this route
     # documents the call in the OpenAPI schema and answers identically if ever reached
+    key = parse_key(request.headers.get("idempotency-key"))
     body = await read_json_body(
         request.receive, request.headers.get("content-length"), settings.max_body_bytes
     )
     check_chat_request(body, settings.max_json_depth)
-    return await pipeline.chat(principal, body, request.headers.get("traceparent"))
+    return await pipeline.chat(principal, body, request.headers.get("traceparent"), key)
 
 
 @router.get("/models")

@@ -17,6 +17,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from service.errors import response_for
+from service.gateway.idempotency import parse_key
 from service.gateway.requests import check_chat_request, read_json_body
 from service.tenancy.auth import check_access
 
@@ -30,7 +31,7 @@ def is_chat_completion(scope: Scope) -> bool:
 
 async def serve_chat_completion(state: Any, scope: Scope, receive: Receive, send: Send) -> None:
     """Answer one chat-completions call with what the lifespan put on ``state``."""
-    authorization = content_length = traceparent = None
+    authorization = content_length = traceparent = idempotency_key = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             authorization = value.decode("latin-1")
@@ -38,11 +39,14 @@ async def serve_chat_completion(state: Any, scope: Scope, receive: Receive, send
             content_length = value.decode("latin-1")
         elif name == b"traceparent":
             traceparent = value.decode("latin-1")
+        elif name == b"idempotency-key":
+            idempotency_key = value.decode("latin-1")
     try:
         principal = await check_access(state.keys, "POST", PATH, authorization or "")
+        key = parse_key(idempotency_key)
         body = await read_json_body(receive, content_length, state.settings.max_body_bytes)
         check_chat_request(body, state.settings.max_json_depth)
-        response = await state.pipeline.chat(principal, body, traceparent)
+        response = await state.pipeline.chat(principal, body, traceparent, key)
     except Exception as exc:  # rendered exactly as the app's exception handlers would
         response = response_for(exc)
     await response(scope, receive, send)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from opentelemetry.trace import Span
+from opentelemetry.trace import INVALID_SPAN, Span
 from starlette.responses import Response
 
 from service.config import OpenAIRoute, Route
@@ -25,6 +25,7 @@ from service.errors import (
 )
 from service.gateway.backends.openai import OpenAIBackend
 from service.gateway.backends.rag import Plan, Plans
+from service.gateway.idempotency import Claim, Idempotency, Replay, replay_response, replay_row
 from service.gateway.streaming import AuditedStream, StreamAccumulator, StreamEnd
 from service.gateway.writer import AuditWriter
 from service.integrity.receipts import Receipts
@@ -38,7 +39,7 @@ from service.provenance.resolver import ModelResolver, Served
 from service.retrieval.sources import Source
 from service.telemetry import attributes as attr
 from service.telemetry.metrics import Metrics
-from service.telemetry.tracing import Tracing, traceparent_of
+from service.telemetry.tracing import RetrievedDocument, Tracing, traceparent_of
 from service.tenancy.auth import Principal
 
 AUDIT_HEADER = "X-Provenant-Audit-Id"
@@ -127,6 +128,7 @@ class Pipeline:
         *,
         tracing: Tracing | None = None,
         metrics: Metrics | None = None,
+        idempotency: Idempotency | None = None,
     ):
         self.routes = routes
         self.models = models
@@ -137,6 +139,7 @@ class Pipeline:
         self._plans = plans
         self._tracing = tracing or Tracing.off()
         self._metrics = metrics or Metrics()
+        self._idempotency = idempotency
 
     def route(self, model: str) -> Route:
         """The route a client selects with ``model``."""
@@ -150,41 +153,46 @@ class Pipeline:
         return route
 
     async def chat(
-        self, principal: Principal, body: dict[str, Any], traceparent: str | None
+        self,
+        principal: Principal,
+        body: dict[str, Any],
+        traceparent: str | None,
+        idempotency_key: str | None = None,
     ) -> Response | AuditedStream:
-        """Answer one chat-completions request, never without a committed record."""
+        """Answer one chat-completions request, never without a committed record. With an
+        ``idempotency_key`` a retry is given the first answer again (gateway.idempotency)."""
         started = time.perf_counter()
         route = self.route(body["model"])
         if not self._writer.healthy:
             raise StoreUnavailable("lineage store unavailable; no answer can be audited")
+        if idempotency_key is None or self._idempotency is None:
+            return await self._answer(principal, route, body, traceparent, started, None)
+        claim = await self._idempotency.begin(principal, idempotency_key, body)
+        if isinstance(claim, Replay):
+            return replay_response(claim, AUDIT_HEADER)
+        try:
+            return await self._answer(principal, route, body, traceparent, started, claim)
+        except BaseException:
+            await self._idempotency.release(principal, claim)
+            raise
+
+    async def _answer(
+        self,
+        principal: Principal,
+        route: Route,
+        body: dict[str, Any],
+        traceparent: str | None,
+        started: float,
+        claim: Claim | None,
+    ) -> Response | AuditedStream:
         if route.kind != "openai":
-            return await self._sourced(principal, route, body, traceparent, started)
+            return await self._sourced(principal, route, body, traceparent, started, claim)
         assert isinstance(route, OpenAIRoute)
         # a model named by the registry is known once the route's snapshot is pinned
         upstream_model = route.upstream_model or (
             None if route.upstream_model_from else body["model"]
         )
-        # tracing: the record joins the gateway's own server span; otherwise the caller's ids
-        trace_id, span_id = self._tracing.record_ids() or parse_traceparent(traceparent)
-        ex = Exchange(
-            principal,
-            route.name,
-            route.kind,
-            body,
-            upstream_model,
-            trace_id,
-            span_id,
-            started=started,
-        )
-        if self._tracing.enabled:
-            self._tracing.annotate(
-                {
-                    attr.PROVENANT_AUDIT_ID: str(ex.id),
-                    attr.PROVENANT_ROUTE: route.name,
-                    attr.PROVENANT_ROUTE_KIND: route.kind,
-                    attr.PROVENANT_TENANT_ID: str(principal.tenant_id),
-                }
-            )
+        ex = self._exchange(principal, route, body, upstream_model, traceparent, started, claim)
         served = await self._pin_model(ex, route) if route.registry is not None else None
         engine = self._policies.engine
         facts: Facts | None = None
@@ -210,22 +218,8 @@ class Pipeline:
             Tracing.end_chat(span, error_type=exc.code)
             await self._record_failure(ex, exc)
             raise
-        choices = [
-            {
-                "index": c.get("index", i),
-                "message": c.get("message"),
-                "finish_reason": c.get("finish_reason"),
-            }
-            for i, c in enumerate(answer["choices"])
-            if isinstance(c, dict)
-        ]
-        Tracing.end_chat(
-            span,
-            response_id=answer.get("id"),
-            response_model=answer.get("model"),
-            usage=answer.get("usage"),
-            choices=choices,
-        )
+        choices = _choices(answer)
+        _end_chat(span, answer, choices)
         if engine is not None and facts is not None:
             post = self._decide(engine, Stage.post, facts.answered(answer_text(choices)))
             _decided(ex, post)
@@ -245,10 +239,10 @@ class Pipeline:
             response_model=answer.get("model"),
             latency_ms=self._elapsed(ex),
         )
-        await self._commit(ex, row)  # durable before the answer leaves
         answer["provenance"] = provenance(
             ex, answer.get("model"), self._receipts.issue(row, ex.delivered_sha256)
         )
+        await self._commit(ex, row, answer)  # durable before the answer leaves
         return Response(
             orjson.dumps(answer), media_type="application/json", headers={AUDIT_HEADER: str(ex.id)}
         )
@@ -276,14 +270,7 @@ class Pipeline:
             ex.upstream_latency_ms = (time.perf_counter() - started_upstream) * 1000
             err = end.error
             choices = acc.choices()
-            Tracing.end_chat(
-                span,
-                response_id=acc.id,
-                response_model=acc.model,
-                usage=acc.usage,
-                choices=choices,
-                error_type=None if end.status is RecordStatus.ok else end.status.value,
-            )
+            _end_streamed_chat(span, acc, end, choices)
             if engine is not None and facts is not None and end.status is RecordStatus.ok:
                 post = self._decide(engine, Stage.post, facts.answered(answer_text(choices)))
                 _decided(ex, post)
@@ -302,15 +289,55 @@ class Pipeline:
                 error_code=err.code if err else None,
                 error_message=err.message if err else None,
             )
-            await self._commit(ex, row)
-            return provenance(ex, acc.model, self._receipts.issue(row, ex.delivered_sha256))
+            view = provenance(ex, acc.model, self._receipts.issue(row, ex.delivered_sha256))
+            await self._commit(ex, row, _streamed(acc, view) if ex.idempotency_key else None)
+            return view
 
         headers = {
             "content-type": "text/event-stream",
             "cache-control": "no-cache",
             AUDIT_HEADER: str(ex.id),
         }
-        return AuditedStream(upstream, finish, headers, hold=hold)
+        return AuditedStream(
+            upstream, finish, headers, hold=hold, max_bytes=self._backend.max_response_bytes
+        )
+
+    def _exchange(
+        self,
+        principal: Principal,
+        route: Route,
+        body: dict[str, Any],
+        upstream_model: str | None,
+        traceparent: str | None,
+        started: float,
+        claim: Claim | None,
+    ) -> Exchange:
+        """The answer's exchange; its record joins the gateway's own server span (otherwise
+        the caller's ids), and the server span names the audit id and route. With an
+        idempotency ``claim`` the record takes the id the key reserved."""
+        trace_id, span_id = self._tracing.record_ids() or parse_traceparent(traceparent)
+        ex = Exchange(
+            principal,
+            route.name,
+            route.kind,
+            body,
+            upstream_model,
+            trace_id,
+            span_id,
+            started=started,
+        )
+        if claim is not None:
+            ex.id, ex.idempotency_key = claim.record_id, claim.key
+        if self._tracing.enabled:
+            self._tracing.annotate(
+                {
+                    attr.PROVENANT_AUDIT_ID: str(ex.id),
+                    attr.PROVENANT_ROUTE: route.name,
+                    attr.PROVENANT_ROUTE_KIND: route.kind,
+                    attr.PROVENANT_TENANT_ID: str(principal.tenant_id),
+                }
+            )
+        return ex
 
     async def _sourced(
         self,
@@ -319,43 +346,56 @@ class Pipeline:
         body: dict[str, Any],
         traceparent: str | None,
         started: float,
+        claim: Claim | None = None,
     ) -> Response | AuditedStream:
         """Answer on a ``rag``, ``extractive`` or ``rag-passthrough`` route: the record also
         keeps every source (retrieved or reported), cited or not, verified or not; policies
         see the sources (citations, grounding, staleness)."""
         assert self._plans is not None, "sourced routes need the document registry"
-        trace_id, span_id = self._tracing.record_ids() or parse_traceparent(traceparent)
-        ex = Exchange(
-            principal, route.name, route.kind, body, None, trace_id, span_id, started=started
-        )
+        ex = self._exchange(principal, route, body, None, traceparent, started, claim)
+        # a generator linked to the registry (a fine-tuned model answering from sources): the
+        # answer is pinned to its snapshot too, and asks the upstream for that version's adapter
+        generator = self._plans.generator(route)
+        served = None
+        if generator is not None and generator.registry is not None:
+            served = await self._pin_model(ex, generator)
         engine = self._policies.engine
         facts: Facts | None = None
         if engine is not None:
-            facts = await self._pre_policies(engine, ex, route, None)
+            model = None if served is None else served.snapshot.content
+            facts = await self._pre_policies(engine, ex, route, model)
         plan = self._plans.plan(principal, route, ex.body)  # the prompt as the policies left it
+        if served is not None and ex.upstream_model is not None:
+            plan.upstream_model = ex.upstream_model  # the version's adapter (upstream_model_from)
         ex.upstream_model = plan.upstream_model
         collection = getattr(route, "collection", None)
         try:
             if collection is None:
                 await plan.prepare()
             else:
-                with self._tracing.retrieval(collection, top_k=getattr(route, "top_k", None)):
+                top_k = getattr(route, "top_k", None)
+                with self._tracing.retrieval(collection, top_k=top_k) as span:
                     await plan.prepare()
+                    Tracing.record_documents(span, _retrieved(plan.sources))
         except ProvenantError as exc:
             await self._record_failure(ex, exc)
             raise
         ex.retrievals = [s.retrieval_row() for s in plan.sources]  # kept if generation fails
+        span = self._sourced_chat(ex, plan)
+        traceparent = traceparent_of(span) or traceparent
         if ex.stream:
             hold = engine is not None and engine.buffers_stream(
                 route.name, route.kind, principal.tenant
             )
-            return await self._stream_sourced(ex, plan, traceparent, engine, facts, hold)
+            return await self._stream_sourced(ex, plan, traceparent, span, engine, facts, hold)
         try:
             answer, ex.upstream_latency_ms = await plan.complete(traceparent)
         except ProvenantError as exc:
+            Tracing.end_chat(span, error_type=exc.code)
             await self._record_failure(ex, exc)
             raise
         choices = _choices(answer)
+        _end_chat(span, answer, choices)
         sources = await plan.settle(answer_text(choices), answer)
         ex.retrievals = [s.retrieval_row() for s in sources]
         if engine is not None and facts is not None:
@@ -377,12 +417,22 @@ class Pipeline:
             response_model=answer.get("model"),
             latency_ms=self._elapsed(ex),
         )
-        await self._commit(ex, row)  # durable before the answer leaves
         answer["provenance"] = provenance(
             ex, answer.get("model"), self._receipts.issue(row, ex.delivered_sha256), sources
         )
+        await self._commit(ex, row, answer)  # durable before the answer leaves
         return Response(
             orjson.dumps(answer), media_type="application/json", headers={AUDIT_HEADER: str(ex.id)}
+        )
+
+    def _sourced_chat(self, ex: Exchange, plan: Plan) -> Span:
+        """The ``chat`` span of a sourced answer's generator call (none for the built-in
+        extractive generator, which calls nothing)."""
+        if plan.upstream is None:
+            return INVALID_SPAN
+        model = plan.upstream_model or ""
+        return self._tracing.start_chat(
+            upstream=plan.upstream, request_model=model, body={**ex.body, "model": model}
         )
 
     async def _stream_sourced(
@@ -390,6 +440,7 @@ class Pipeline:
         ex: Exchange,
         plan: Plan,
         traceparent: str | None,
+        span: Span,
         engine: Engine | None,
         facts: Facts | None,
         hold: bool,
@@ -398,12 +449,14 @@ class Pipeline:
         try:
             upstream = await plan.open_stream(traceparent)
         except ProvenantError as exc:
+            Tracing.end_chat(span, error_type=exc.code)
             await self._record_failure(ex, exc)
             raise
 
         async def settle_and_commit(acc: StreamAccumulator, end: StreamEnd) -> dict[str, Any]:
             ex.upstream_latency_ms = (time.perf_counter() - started_upstream) * 1000
             choices = acc.choices()
+            _end_streamed_chat(span, acc, end, choices)
             sources = await plan.settle(answer_text(choices), None)
             ex.retrievals = [s.retrieval_row() for s in sources]
             if engine is not None and facts is not None and end.status is RecordStatus.ok:
@@ -425,10 +478,11 @@ class Pipeline:
                 error_code=err.code if err else None,
                 error_message=err.message if err else None,
             )
-            await self._commit(ex, row)
-            return provenance(
+            view = provenance(
                 ex, acc.model, self._receipts.issue(row, ex.delivered_sha256), sources
             )
+            await self._commit(ex, row, _streamed(acc, view) if ex.idempotency_key else None)
+            return view
 
         async def finish(acc: StreamAccumulator, end: StreamEnd) -> dict[str, Any]:
             # settling may wait (passthrough resolves sources in SQL): shielded, so a client
@@ -440,7 +494,14 @@ class Pipeline:
             "cache-control": "no-cache",
             AUDIT_HEADER: str(ex.id),
         }
-        return AuditedStream(upstream, finish, headers, observe=plan.observe, hold=hold)
+        return AuditedStream(
+            upstream,
+            finish,
+            headers,
+            observe=plan.observe,
+            hold=hold,
+            max_bytes=self._backend.max_response_bytes,
+        )
 
     async def _pre_policies(
         self, engine: Engine, ex: Exchange, route: Route, model: dict[str, Any] | None
@@ -537,14 +598,25 @@ class Pipeline:
         except StoreUnavailable:
             exc.headers.pop(AUDIT_HEADER, None)
 
-    async def _commit(self, ex: Exchange, row: dict[str, Any]) -> None:
+    async def _commit(
+        self, ex: Exchange, row: dict[str, Any], delivered: dict[str, Any] | None = None
+    ) -> None:
         """Make an answer's record (and lineage rows) durable: its audit-commit span, then the
-        answer metrics. Raises StoreUnavailable if the record could not be committed."""
+        answer metrics. Raises StoreUnavailable if the record could not be committed.
+
+        ``delivered``: the answer as the client gets it; with an idempotency key, an ``ok``
+        answer's replay is committed with its record (its content only where the record keeps
+        clear text)."""
         span = self._tracing.start_audit_commit(
             audit_id=str(ex.id), status=row["status"], db_system=self._writer.db_system
         )
+        rows = ex.rows(row)
+        if ex.idempotency_key is not None and row["status"] == RecordStatus.ok.value:
+            kept = delivered if ex.content_mode == "full" else None
+            table, replay = replay_row(ex.id, stream=ex.stream, response=kept)
+            rows[table] = [replay]
         try:
-            batch = await self._writer.commit(ex.rows(row))
+            batch = await self._writer.commit(rows)
         except BaseException as exc:  # cancelled too: the span still ends
             Tracing.end_audit_commit(span, error_type=getattr(exc, "code", type(exc).__name__))
             raise
@@ -575,6 +647,52 @@ def _choices(answer: dict[str, Any]) -> list[dict[str, Any]]:
         for i, c in enumerate(answer["choices"])
         if isinstance(c, dict)
     ]
+
+
+def _end_chat(span: Span, answer: dict[str, Any], choices: list[dict[str, Any]]) -> None:
+    Tracing.end_chat(
+        span,
+        response_id=answer.get("id"),
+        response_model=answer.get("model"),
+        usage=answer.get("usage"),
+        choices=choices,
+    )
+
+
+def _end_streamed_chat(
+    span: Span, acc: StreamAccumulator, end: StreamEnd, choices: list[dict[str, Any]]
+) -> None:
+    Tracing.end_chat(
+        span,
+        response_id=acc.id,
+        response_model=acc.model,
+        usage=acc.usage,
+        choices=choices,
+        error_type=None if end.status is RecordStatus.ok else end.status.value,
+    )
+
+
+def _retrieved(sources: list[Source]) -> list[RetrievedDocument]:
+    """What the retrieval span reports of the sources: document, version and score, no text."""
+    return [
+        RetrievedDocument(
+            str(s.document_id), s.score, None if s.version is None else str(s.version)
+        )
+        for s in sources
+        if s.document_id is not None and s.score is not None
+    ]
+
+
+def _streamed(acc: StreamAccumulator, view: dict[str, Any]) -> dict[str, Any]:
+    """A streamed answer as a retry with its idempotency key is given it again."""
+    return {
+        "id": acc.id,
+        "created": acc.created,
+        "model": acc.model,
+        "choices": acc.choices(),
+        "usage": acc.usage,
+        "provenance": view,
+    }
 
 
 def _with_sources(facts: Facts, sources: list[Source], choices: list[dict[str, Any]]) -> Facts:

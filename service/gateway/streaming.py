@@ -21,7 +21,12 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from service.errors import ProvenantError, UpstreamError, UpstreamTimeout
+from service.errors import (
+    ProvenantError,
+    UpstreamError,
+    UpstreamResponseTooLarge,
+    UpstreamTimeout,
+)
 from service.lineage.models import RecordStatus
 
 log = logging.getLogger("provenant.streaming")
@@ -137,6 +142,7 @@ class AuditedStream(Response):
         observe: Callable[[dict[str, Any]], None] | None = None,
         *,
         hold: bool = False,
+        max_bytes: int | None = None,
     ) -> None:
         self._upstream = upstream
         self._finish = finish
@@ -149,6 +155,7 @@ class AuditedStream(Response):
         self._recorded = False
         self._hold = hold
         self._held: list[bytes] = []
+        self._max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
@@ -241,8 +248,19 @@ class AuditedStream(Response):
 
     async def _relay(self, send: Send) -> StreamEnd:
         content = self._upstream.content
+        limit = self._max_bytes
+        size = 0
         try:
             async for raw in content:
+                if limit is not None:
+                    size += len(raw)
+                    if size > limit:
+                        return StreamEnd(
+                            RecordStatus.upstream_error,
+                            UpstreamResponseTooLarge(
+                                f"upstream stream exceeds {limit} bytes; cut off"
+                            ),
+                        )
                 line = raw.rstrip(b"\r\n")
                 if not line.startswith(b"data:"):
                     continue  # blank separators, comments, event names
@@ -281,9 +299,17 @@ class AuditedStream(Response):
         except (TimeoutError, aiohttp.ServerTimeoutError):
             return StreamEnd(
                 RecordStatus.upstream_timeout,
-                UpstreamTimeout("upstream stopped sending within the read timeout"),
+                UpstreamTimeout(
+                    "upstream stream timed out (silent past the read timeout, "
+                    "or longer than the total timeout)"
+                ),
             )
-        except (aiohttp.ClientError, ValueError) as exc:
+        except ValueError:  # aiohttp: an event line longer than its buffer
+            return StreamEnd(
+                RecordStatus.upstream_error,
+                UpstreamResponseTooLarge("upstream sent an event too large to read"),
+            )
+        except aiohttp.ClientError as exc:
             return StreamEnd(
                 RecordStatus.upstream_error,
                 UpstreamError(f"upstream stream failed: {type(exc).__name__}"),

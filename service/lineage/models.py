@@ -145,3 +145,37 @@ class AdminEvent(Base):
     detail: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     leaf_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key`` within its tenant, reserved for one answer (``record_id``,
+    known before the answer is asked for) with the fingerprint of the request it came with.
+
+    Reserved before the upstream call, so the primary key decides between concurrent
+    duplicates, in one process or many; the reservation lapses at ``lease_until`` if its answer
+    never gets a record (a crashed process), and the key expires at ``expires_at``."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("tenants.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    record_id: Mapped[uuid.UUID] = mapped_column(Uuid)  # no FK: reserved before it is written
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class IdempotentReplay(Base):
+    """What a retry with the same key is given back: the answer as first delivered, written in
+    the transaction of its record. ``response`` is content: null when the record keeps no
+    clear text (``hash_only`` / ``redacted``), and nulled by erasure and retention."""
+
+    __tablename__ = "idempotent_replays"
+
+    record_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("audit_records.id"), primary_key=True
+    )
+    stream: Mapped[bool] = mapped_column(Boolean)
+    response: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -88,6 +88,8 @@ class Exchange:
     delivered_sha256: str | None = None
     # retention class and days (from the policy bundle), if one applies
     retention: tuple[str, int] | None = None
+    # the client's Idempotency-Key this answer was reserved for (gateway.idempotency)
+    idempotency_key: str | None = None
 
     @property
     def stream(self) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +21,7 @@ from service.config import Settings
 from service.db.base import utcnow
 from service.errors import InvalidRequest, LegalHoldActive
 from service.lineage.events import record_event
-from service.lineage.models import AuditRecord
+from service.lineage.models import AuditRecord, IdempotencyKey, IdempotentReplay
 from service.privacy import holds
 from service.privacy.models import HoldScope, LegalHold
 
@@ -40,9 +40,34 @@ _RETENTION_LOCK = 0x70766E74524554  # "pvntRET": one retention run at a time on 
 
 
 def _null_content(session: Session, ids: Sequence[uuid.UUID]) -> None:
+    """Erase the records' content, and the idempotent replays of their answers with it."""
     for start in range(0, len(ids), _BATCH):
         chunk = ids[start : start + _BATCH]
         session.execute(update(AuditRecord).where(AuditRecord.id.in_(chunk)).values(**ERASED))
+        session.execute(
+            update(IdempotentReplay)
+            .where(IdempotentReplay.record_id.in_(chunk), IdempotentReplay.response.is_not(None))
+            .values(response=None)
+        )
+
+
+def purge_idempotency(
+    session: Session, *, now: datetime, tenant_id: uuid.UUID | None = None
+) -> int:
+    """Delete expired idempotency keys and the answers kept to replay them (content: a replay
+    outlives neither its key nor its record's content). Returns how many keys went."""
+    which = IdempotencyKey.expires_at <= now
+    if tenant_id is not None:
+        which = which & (IdempotencyKey.tenant_id == tenant_id)
+    session.execute(
+        delete(IdempotentReplay)
+        .where(IdempotentReplay.record_id.in_(select(IdempotencyKey.record_id).where(which)))
+        .execution_options(synchronize_session=False)
+    )
+    gone = session.execute(
+        delete(IdempotencyKey).where(which).execution_options(synchronize_session=False)
+    )
+    return int(gone.rowcount)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -121,6 +146,11 @@ def run_retention(
     now = now or utcnow()
     floor = now - timedelta(days=floor_days)
     erased = 0
+    if not dry_run:
+        with session_factory() as session, session.begin():
+            purged = purge_idempotency(session, now=now, tenant_id=tenant_id)
+        if purged:
+            log.info("retention deleted %d expired idempotency key(s)", purged)
     while True:
         with session_factory() as session, session.begin():
             if (

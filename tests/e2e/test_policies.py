@@ -390,3 +390,20 @@ def test_a_malformed_bundle_stops_the_gateway_from_starting(
     assert proc.returncode == 2
     assert f"{path}:7: policies.0.action:" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_hash_only_answer_is_not_kept_to_replay_and_its_retry_is_refused(
+    guarded: GatewayServer, tenant: TenantKeys
+) -> None:
+    """The idempotent replay holds content, so it follows the record's content mode: no clear
+    text kept, so no replay; the retry names the audit id instead of answering twice."""
+    headers = {"Idempotency-Key": "hash-only-retry-1"}
+    sdk = client(guarded, tenant.app)
+    answer = sdk.chat.completions.create(**ask("hash-only", "secret plan"), extra_headers=headers)
+    audit_id = answer.model_extra["provenance"]["audit_id"]
+    with pytest.raises(openai.APIStatusError) as retry:
+        sdk.chat.completions.create(**ask("hash-only", "secret plan"), extra_headers=headers)
+    assert retry.value.status_code == 410
+    assert isinstance(retry.value.body, dict)
+    assert retry.value.body["code"] == "idempotency_replay_unavailable"
+    assert audit_id in retry.value.body["message"]

@@ -1,13 +1,13 @@
 """Traces of real answers through the openai SDK, captured by an in-memory span exporter.
 
 Each case below is one kind of answer and the spans it must produce under the SERVER span, in
-order. The RAG case (``retrieval {collection}`` before ``chat``) and the blocked case (a
-``policy pre`` span, no ``chat`` span, a 4xx answer still recorded) join ``CASES`` when the
-retrieval and policy stages land; ``assert_answer_trace`` already checks any such list.
+order: a plain and a streamed answer, a RAG answer (``retrieval {collection}`` before ``chat``)
+and a blocked one (a ``policy pre`` span, no ``chat`` span, a 403 still recorded).
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -24,8 +24,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from service.app import create_app
+from service.config import RagRoute, RoutesFile
 from service.telemetry.tracing import Tracing
 from tests.conftest import TenantKeys, make_settings, routes_for
+from tests.support.documents import pdf, upload
 from tests.support.servers import GatewayServer, UpstreamServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,9 +58,9 @@ def traced(
     )
     (data / "bundle.yaml").write_text(yaml.safe_dump(bundle))
     settings = make_settings(database_url, data, policy_bundle=data / "bundle.yaml")
-    app = create_app(
-        settings, routes_for(upstream.base_url), tracing=Tracing.exporting_to(exporter)
-    )
+    rag = RagRoute(name="hr-rag", collection="hr", top_k=2, generator="echo")
+    routes = RoutesFile(routes=[*routes_for(upstream.base_url).routes, rag])
+    app = create_app(settings, routes, tracing=Tracing.exporting_to(exporter))
     server = GatewayServer(app).start()
     yield Traced(server, exporter)
     server.stop()
@@ -76,11 +78,13 @@ class Case:
 
 
 ANSWERED = ("policy pre", "chat echo-1", "policy post", "audit commit")
+SOURCED = ("policy pre", "retrieval hr", "chat echo-1", "policy post", "audit commit")
 CASES = [
     Case("plain", "echo", False, ANSWERED),
     Case("streamed", "echo", True, ANSWERED),
-    # Case("rag", "<rag route>", False, ("retrieval <collection>", "chat ...", "audit commit")),
+    Case("rag", "hr-rag", False, SOURCED),
 ]
+PAGES = ["Remote work needs a manager's approval.", "The remote work policy applies to all staff."]
 BLOCKED = Case("blocked", "echo", False, ("policy pre", "audit commit"), 403)
 
 
@@ -168,6 +172,9 @@ def assert_answer_trace(
 def test_answer_spans_follow_the_genai_conventions_and_join_the_record(
     traced: Traced, upstream: UpstreamServer, tenant: TenantKeys, case: Case
 ) -> None:
+    if case.name == "rag":
+        uploaded = upload(traced.gateway.url, tenant.admin, "hr", "policy.pdf", pdf(PAGES))
+        assert uploaded.status_code in (200, 201), uploaded.text
     caller_trace, caller_span = secrets.token_hex(16), secrets.token_hex(8)
     audit_id, headers = ask(traced, tenant.app, case, f"00-{caller_trace}-{caller_span}-01")
 
@@ -181,6 +188,11 @@ def test_answer_spans_follow_the_genai_conventions_and_join_the_record(
     assert chat.status.status_code is StatusCode.UNSET
     attrs = dict(chat.attributes or {})
     assert attrs.pop("server.port") == upstream.port
+    if case.name == "rag":
+        # the generator also read the numbered sources: a longer prompt than the question
+        assert attrs.pop("gen_ai.usage.input_tokens") > 6
+        attrs["gen_ai.usage.input_tokens"] = 6
+        assert_retrieval_span(traced, tenant, children["retrieval hr"], audit_id)
     assert attrs == {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": "openai",
@@ -200,8 +212,31 @@ def test_answer_spans_follow_the_genai_conventions_and_join_the_record(
     for span in (server, chat):
         assert not any("Which policy" in str(v) for v in (span.attributes or {}).values())
     # the upstream continued the trace from the chat span
-    sent = next(r for r in reversed(upstream.requests) if r["body"]["messages"] == MESSAGES)
+    sent = next(r for r in reversed(upstream.requests) if r["body"]["messages"][-1] == MESSAGES[0])
     assert sent["traceparent"] == f"00-{caller_trace}-{chat.context.span_id:016x}-01"
+
+
+def assert_retrieval_span(
+    traced: Traced, tenant: TenantKeys, span: ReadableSpan, audit_id: str
+) -> None:
+    """The retrieval span names the collection and the documents found with their scores and
+    versions, as the record keeps them, and no chunk text."""
+    assert span.kind is SpanKind.CLIENT
+    attrs = dict(span.attributes or {})
+    sources = record(traced, tenant.auditor, audit_id)["sources"]
+    assert sources, "the RAG answer recorded no sources"
+    assert attrs["gen_ai.operation.name"] == "retrieval"
+    assert attrs["gen_ai.provider.name"] == "qdrant"
+    assert attrs["gen_ai.data_source.id"] == "hr"
+    assert attrs["gen_ai.request.top_k"] == 2.0
+    assert list(attrs["provenant.retrieval.document_ids"]) == [s["document_id"] for s in sources]
+    assert list(attrs["provenant.retrieval.scores"]) == pytest.approx([s["score"] for s in sources])
+    assert list(attrs["provenant.retrieval.document_versions"]) == [
+        str(s["version"]) for s in sources
+    ]
+    documents = json.loads(str(attrs["gen_ai.retrieval.documents"]))
+    assert [d["id"] for d in documents] == [s["document_id"] for s in sources]
+    assert not any(page in str(v) for page in PAGES for v in attrs.values())
 
 
 def test_without_a_traceparent_the_server_span_starts_the_trace(

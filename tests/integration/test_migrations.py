@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import inspect
-from sqlalchemy.engine import make_url
 
 from service.db.engine import make_engine
 from service.db.migrate import check, upgrade
-from tests.support.db import postgres_admin_url
+from tests.support.db import create_postgres_database, drop_postgres_database, postgres_admin_url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -23,14 +21,9 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
     admin = postgres_admin_url()
     if admin is None:
         pytest.skip("PROVENANT_TEST_POSTGRES_URL not set (CI sets it and requires PostgreSQL)")
-    name = "provenant_migration_check"
-    libpq = make_url(admin).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield make_url(admin).set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    url = create_postgres_database(admin, migrate=False)  # a name of its own: runs can overlap
+    yield url
+    drop_postgres_database(admin, url)
 
 
 def test_upgrade_head_on_empty_database_matches_the_models(empty_database: str) -> None:

@@ -17,13 +17,14 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from service.app import create_app
-from service.config import OpenAIRoute, RegistryLink, RoutesFile
+from service.config import OpenAIRoute, RagRoute, RegistryLink, Route, RoutesFile
 from service.db.engine import make_engine
 from service.integrity import leaf
 from service.integrity.canonical import digest
 from service.lineage.models import AuditRecord, PolicyDecision
 from service.provenance.models import ModelSnapshot
 from tests.conftest import TenantKeys, make_settings, new_tenant
+from tests.support.documents import upload
 from tests.support.mlflow import MlflowServer, Registry, Version
 from tests.support.servers import GatewayServer, TcpRelay, UpstreamServer
 
@@ -32,7 +33,7 @@ MESSAGES = [{"role": "user", "content": "Which plan am I on?"}]
 
 @contextmanager
 def lineage_gateway(
-    database_url: str, tmp_path: Path, routes: list[OpenAIRoute], **settings: Any
+    database_url: str, tmp_path: Path, routes: list[Route], **settings: Any
 ) -> Iterator[GatewayServer]:
     app = create_app(
         make_settings(database_url, tmp_path / "data", seal_interval_s=0.2, **settings),
@@ -170,6 +171,45 @@ def test_answers_follow_the_alias_to_the_version_run_and_dataset_that_served_the
         assert_pinned(records[key]["model"], v2, mlflow_server.url)
     assert records["first"]["model_snapshot_id"] != records["second"]["model_snapshot_id"]
     assert records["second"]["model_snapshot_id"] == records["streamed"]["model_snapshot_id"]
+
+
+def test_a_rag_answer_from_a_fine_tuned_generator_records_its_sources_and_its_model_version(
+    database_url: str,
+    tmp_path: Path,
+    upstream: UpstreamServer,
+    registry: Registry,
+    mlflow_server: MlflowServer,
+    tenant: TenantKeys,
+) -> None:
+    name = registry.new_model()
+    v1 = registry.add_version(name, adapter="handbook-v1", dataset="handbook-qa-2026-10")
+    registry.set_alias(name, "production", v1.version)
+    generator = linked_route("handbook-bot", upstream, mlflow_server.url, name)
+    rag = RagRoute(name="handbook-rag", collection="hr", top_k=2, generator="handbook-bot")
+    handbook = b"# Leave\n\nEmployees accrue 25 days of paid annual leave per year.\n"
+    question = [{"role": "user", "content": "How many days of annual leave do employees get?"}]
+
+    with (
+        lineage_gateway(database_url, tmp_path, [generator, rag]) as gateway,
+        openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=tenant.app) as client,
+    ):
+        uploaded = upload(gateway.url, tenant.admin, "hr", "leave.md", handbook)
+        assert uploaded.status_code == 201, uploaded.text
+        answer = client.chat.completions.create(model="handbook-rag", messages=question)
+        sent = upstream.requests[-1]["body"]
+        prov = answer.model_extra["provenance"]
+        rec = get(gateway, tenant.auditor, f"/v1/audit/records/{prov['audit_id']}").json()
+
+    # the upstream was asked for the version's adapter, with the numbered sources
+    assert sent["model"] == "handbook-v1"
+    assert "[1] Leave (version 1)" in sent["messages"][0]["content"]
+    # the answer and its record name both what it came from: the source and the model version
+    assert [(s["title"], s["version"]) for s in prov["sources"]] == [("Leave", 1)]
+    assert_pinned(prov["model"], v1, mlflow_server.url)
+    assert rec["route_kind"] == "rag" and rec["upstream_model"] == "handbook-v1"
+    assert [s["version"] for s in rec["sources"]] == [1]
+    assert_pinned(rec["model"], v1, mlflow_server.url)
+    assert rec["model_snapshot_id"] is not None
 
 
 def test_registry_outage_serves_the_last_snapshot_flagged_stale_then_fails_closed(

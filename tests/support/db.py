@@ -35,13 +35,15 @@ def _libpq(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def create_postgres_database(admin_url: str) -> str:
-    """Create an empty database, migrate it to head, return its URL."""
+def create_postgres_database(admin_url: str, *, migrate: bool = True) -> str:
+    """Create an empty database with a name of its own, migrate it to head (unless told not
+    to), return its URL."""
     name = f"provenant_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(_libpq(admin_url), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
+    if migrate:
+        upgrade(url)
     return url
 
 

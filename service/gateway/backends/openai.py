@@ -16,7 +16,12 @@ import aiohttp
 import orjson
 
 from service.config import UpstreamRoute
-from service.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
+from service.errors import (
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamResponseTooLarge,
+    UpstreamTimeout,
+)
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -49,9 +54,10 @@ def _headers(route: UpstreamRoute, traceparent: str | None) -> dict[str, str]:
 @functools.lru_cache(maxsize=256)
 def _timeout(total: float, connect: float, read: float, stream: bool) -> aiohttp.ClientTimeout:
     """A route's timeouts as aiohttp's (immutable) object, built once per route and mode."""
-    return aiohttp.ClientTimeout(
-        total=None if stream else total, sock_connect=connect, sock_read=read
-    )
+    # ``total`` bounds a stream too: an upstream dripping one byte per read timeout cannot
+    # hold a connection (and the client) forever
+    del stream
+    return aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
 
 
 async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
@@ -71,11 +77,38 @@ async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
     raise UpstreamRejected(f"upstream refused the request: {detail[:500]}", status=resp.status)
 
 
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, refused once it exceeds ``limit`` bytes (without reading all of it)."""
+    length = resp.content_length
+    if length is not None:
+        if length > limit:
+            resp.close()
+            raise _too_large(limit)
+        return await resp.read()  # aiohttp reads no more than the declared length
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            resp.close()
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> UpstreamResponseTooLarge:
+    return UpstreamResponseTooLarge(f"upstream answer exceeds {limit} bytes; refused")
+
+
 class OpenAIBackend:
     """Calls ``POST {upstream}/chat/completions`` with per-route timeouts."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, *, max_response_bytes: int = 16 * 1024 * 1024
+    ) -> None:
         self._session = session
+        # an upstream answer larger than this is refused (a stream: when it grows past it)
+        self.max_response_bytes = max_response_bytes
 
     async def _post(
         self, route: UpstreamRoute, payload: dict[str, Any], traceparent: str | None, stream: bool
@@ -102,8 +135,9 @@ class OpenAIBackend:
         """A non-streamed completion; returns the parsed body and the upstream latency (ms)."""
         started = time.perf_counter()
         resp = await self._post(route, payload, traceparent, stream=False)
+        limit = self.max_response_bytes
         try:
-            raw = await resp.read()
+            raw = await _read_at_most(resp, limit)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(
                 f"upstream did not answer within {route.timeouts.read:g}s"

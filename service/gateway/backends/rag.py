@@ -42,6 +42,7 @@ class Plan(Protocol):
     """One answer of a sourced route kind."""
 
     upstream_model: str | None
+    upstream: str | None  # the base URL the generator calls; None for the built-in generator
     sources: list[Source]
 
     async def prepare(self) -> None: ...
@@ -127,6 +128,7 @@ class RagPlan:
         self.upstream_model: str | None = (
             (generator.upstream_model or generator.name) if generator is not None else EXTRACTIVE
         )
+        self.upstream: str | None = generator.upstream if generator is not None else None
         self.sources: list[Source] = []
 
     async def prepare(self) -> None:
@@ -184,6 +186,7 @@ class PassthroughPlan:
         self._sessions = sessions
         self._reported: Any = None
         self.upstream_model: str | None = route.upstream_model or str(body["model"])
+        self.upstream: str | None = route.upstream
         self.sources: list[Source] = []
 
     async def prepare(self) -> None:
@@ -238,14 +241,18 @@ class Plans:
         self._retriever = retriever
         self._sessions = sessions
 
+    def generator(self, route: Route) -> OpenAIRoute | None:
+        """The ``openai`` route a ``rag`` route generates with (None: built-in or external)."""
+        if not isinstance(route, RagRoute) or route.generator == EXTRACTIVE:
+            return None
+        target = self._routes[route.generator]  # checked when the routes file loads
+        assert isinstance(target, OpenAIRoute)
+        return target
+
     def plan(self, principal: Principal, route: Route, body: dict[str, Any]) -> Plan:
         """The plan for one request on a ``rag``, ``extractive`` or ``rag-passthrough`` route."""
         if isinstance(route, RagPassthroughRoute):
             return PassthroughPlan(principal, route, body, self._backend, self._sessions)
         assert isinstance(route, RagRoute | ExtractiveRoute)
-        generator = None
-        if isinstance(route, RagRoute) and route.generator != EXTRACTIVE:
-            target = self._routes[route.generator]  # checked when the routes file loads
-            assert isinstance(target, OpenAIRoute)
-            generator = target
+        generator = self.generator(route)
         return RagPlan(principal, route, body, generator, self._backend, self._retriever)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -86,6 +87,30 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def listed(
+    session: Session,
+    *,
+    actor: str,
+    principal: Principal,
+    filters: dict[str, Any],
+    cursor: uuid.UUID | None,
+    returned: int,
+) -> None:
+    """Audit a read of the records list: who listed which filters, from where, how many."""
+    record_event(
+        session,
+        actor=actor,
+        action="records.listed",
+        tenant_id=principal.tenant_id,
+        target="records",
+        detail={
+            "filters": {k: (None if v is None else str(v)) for k, v in filters.items()},
+            "cursor": None if cursor is None else str(cursor),
+            "returned": returned,
+        },
+    )
+
+
 def list_records(
     session: Session,
     *,
@@ -96,17 +121,13 @@ def list_records(
 ) -> AuditRecordPage:
     """A page of the caller's tenant's records, newest first."""
     rows = repository.page(session, principal.tenant_id, flt, limit=limit + 1, before=cursor)
-    record_event(
+    listed(
         session,
         actor=f"key:{principal.key_prefix}",
-        action="records.listed",
-        tenant_id=principal.tenant_id,
-        target="records",
-        detail={
-            "filters": {k: (None if v is None else str(v)) for k, v in vars(flt).items()},
-            "cursor": None if cursor is None else str(cursor),
-            "returned": min(len(rows), limit),
-        },
+        principal=principal,
+        filters=vars(flt),
+        cursor=cursor,
+        returned=min(len(rows), limit),
     )
     has_more = len(rows) > limit
     rows = rows[:limit]

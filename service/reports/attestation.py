@@ -23,7 +23,7 @@ from service.lineage.models import AuditRecord, PolicyDecision, Retrieval
 from service.provenance.models import ModelSnapshot
 from service.reports.kinds import MAX_LIST_ROWS, Kind, section
 from service.reports.model import Table
-from service.reports.queries import Scope
+from service.reports.queries import Scope, logged_records
 
 _BATCH = 2_000
 
@@ -126,20 +126,7 @@ def _records(
     """Recompute each record's leaf from its rows and compare with its log entry."""
     snapshots: dict[Any, str] = {}
     total = sealed = covered = 0
-    after = None
-    while True:
-        stmt = (
-            select(AuditRecord, LogEntry.idx, LogEntry.leaf_sha256.label("logged"))
-            .outerjoin(LogEntry, LogEntry.entry_id == AuditRecord.id)
-            .where(*scope.records())
-            .order_by(AuditRecord.id)
-            .limit(_BATCH)
-        )
-        if after is not None:
-            stmt = stmt.where(AuditRecord.id > after)
-        rows = session.execute(stmt).all()
-        if not rows:
-            return total, sealed, covered
+    for rows in logged_records(session, scope, LogEntry.leaf_sha256, batch=_BATCH):
         ids = [r[0].id for r in rows]
         retrievals = _by_record(session, Retrieval, ids)
         decisions = _by_record(session, PolicyDecision, ids)
@@ -175,7 +162,7 @@ def _records(
                         "match its log entry",
                     }
                 )
-        after = ids[-1]
+    return total, sealed, covered
 
 
 def _by_record(

@@ -49,6 +49,7 @@ from service.lineage.models import AdminEvent, AuditRecord, PolicyDecision, Retr
 from service.provenance.models import ModelSnapshot
 from service.reports import service as reports
 from service.reports.kinds import Format, Kind
+from service.reports.queries import logged_records
 from service.reports.render import render
 
 PACK_FORMAT = "provenant-evidence/1"
@@ -155,20 +156,7 @@ def write_pack(
     proofs, unsealed, sources = _Lines("proofs.jsonl"), _Lines("unsealed.jsonl"), {}
     snapshots: dict[Any, dict[str, Any]] = {}
     step("records")
-    after: uuid.UUID | None = None
-    while True:
-        stmt = (
-            select(AuditRecord, LogEntry.idx)
-            .outerjoin(LogEntry, LogEntry.entry_id == AuditRecord.id)
-            .where(*scope.records())
-            .order_by(AuditRecord.id)
-            .limit(_BATCH)
-        )
-        if after is not None:
-            stmt = stmt.where(AuditRecord.id > after)
-        rows = session.execute(stmt).all()
-        if not rows:
-            break
+    for rows in logged_records(session, scope, batch=_BATCH):
         ids = [r[0].id for r in rows]
         retrievals, decisions, chunks = _lineage(session, ids)
         sources.update(chunks)
@@ -208,7 +196,6 @@ def write_pack(
                     "proof": _proof(tree, idx, cp.tree_size),
                 }
             )
-        after = ids[-1]
     step("events")
     events_stmt = (
         select(AdminEvent, LogEntry.idx)

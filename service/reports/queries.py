@@ -4,6 +4,7 @@ and PostgreSQL, always within one tenant and one period. Never commits."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -317,6 +318,30 @@ def violation_list(session: Session, scope: Scope, limit: int) -> list[Any]:
         .limit(limit)
     )
     return list(session.execute(stmt).mappings())
+
+
+def logged_records(
+    session: Session, scope: Scope, *columns: Any, batch: int = 1_000
+) -> Iterator[Sequence[Any]]:
+    """The scope's records with their log index (None until sealed) and ``columns`` of their
+    log entry, in id order, a batch at a time (keyset pages: memory stays flat for any
+    period)."""
+    after: uuid.UUID | None = None
+    while True:
+        stmt = (
+            select(AuditRecord, LogEntry.idx, *columns)
+            .outerjoin(LogEntry, LogEntry.entry_id == AuditRecord.id)
+            .where(*scope.records())
+            .order_by(AuditRecord.id)
+            .limit(batch)
+        )
+        if after is not None:
+            stmt = stmt.where(AuditRecord.id > after)
+        rows = session.execute(stmt).all()
+        if not rows:
+            return
+        yield rows
+        after = rows[-1][0].id
 
 
 def record_page(session: Session, scope: Scope, limit: int) -> list[Any]:

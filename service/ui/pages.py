@@ -19,7 +19,6 @@ from service.errors import NotFound, ProvenantError
 from service.integrity import merkle
 from service.integrity import service as integrity
 from service.lineage import service as lineage
-from service.lineage.events import record_event
 from service.lineage.models import AuditRecord, RecordStatus
 from service.reports import attestation
 from service.reports.queries import Scope
@@ -82,17 +81,13 @@ def answers(
         .group_by(AuditRecord.route)
         .order_by(AuditRecord.route)
     ).all()
-    record_event(
+    lineage.listed(
         session,
         actor=_actor(principal),
-        action="records.listed",
-        tenant_id=principal.tenant_id,
-        target="records",
-        detail={
-            "filters": {k: (None if v is None else str(v)) for k, v in vars(flt).items()},
-            "cursor": None if cursor is None else str(cursor),
-            "returned": min(len(rows), PAGE),
-        },
+        principal=principal,
+        filters=vars(flt),
+        cursor=cursor,
+        returned=min(len(rows), PAGE),
     )
     return {
         "rows": rows[:PAGE],

@@ -10,12 +10,26 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import openai
 import pytest
 
 from tests.support.db import create_postgres_database, drop_postgres_database, postgres_admin_url
 
 _LINES = pytest.StashKey[list[str]]()
+
+
+def ask(client: openai.OpenAI, prompt: str, *, stream: bool) -> tuple[str, dict[str, Any]]:
+    """Ask the ``echo`` route as an app would, whole or streamed: (the text the client got,
+    the extra fields of the answer or of its last chunk, where ``provenance`` is)."""
+    messages: Any = [{"role": "user", "content": prompt}]
+    if stream:
+        chunks = list(client.chat.completions.create(model="echo", messages=messages, stream=True))
+        got = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return got, (chunks[-1].model_extra or {}) if chunks else {}
+    answer = client.chat.completions.create(model="echo", messages=messages)
+    return answer.choices[0].message.content or "", answer.model_extra or {}
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from service.db.engine import make_engine
-from tests.reliability.conftest import Tally, sha256
+from tests.reliability.conftest import Tally, ask, sha256
 from tests.support.serve import PROVENANT, ServeProcess, free_port, new_key, serve_env
 from tests.support.servers import UpstreamServer
 
@@ -42,26 +42,11 @@ class Load:
         n = 0
         while not self.stop.is_set():
             n += 1
-            messages = [{"role": "user", "content": f"c{worker}-{n}-{uuid.uuid4().hex[:6]}"}]
+            prompt = f"c{worker}-{n}-{uuid.uuid4().hex[:6]}"
             with self.tally.lock:
                 self.tally.sent += 1
             try:
-                if n % 3 == 0:
-                    chunks = list(
-                        client.chat.completions.create(
-                            model="echo",
-                            messages=messages,  # type: ignore[arg-type]
-                            stream=True,
-                        )
-                    )
-                    got = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-                    extra = chunks[-1].model_extra if chunks else None
-                else:
-                    answer = client.chat.completions.create(
-                        model="echo",
-                        messages=messages,  # type: ignore[arg-type]
-                    )
-                    got, extra = answer.choices[0].message.content or "", answer.model_extra
+                got, extra = ask(client, prompt, stream=n % 3 == 0)
                 audit_id = (extra or {}).get("provenance", {}).get("audit_id")
             except Exception:  # killed mid-request: connection refused, reset, cut stream
                 with self.tally.lock:

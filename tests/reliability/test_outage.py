@@ -22,7 +22,7 @@ from service.app import create_app
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
 from tests.conftest import make_settings, new_tenant, routes_for
-from tests.reliability.conftest import Tally, sha256
+from tests.reliability.conftest import Tally, ask, sha256
 from tests.support.pgcluster import PrivateCluster
 from tests.support.servers import GatewayServer, UpstreamServer
 
@@ -56,26 +56,10 @@ class Load:
         while not self.stop.is_set():
             n += 1
             prompt = f"o{worker}-{n}-{uuid.uuid4().hex[:6]}"
-            messages = [{"role": "user", "content": prompt}]
             with self.tally.lock:
                 self.tally.sent += 1
             try:
-                if n % 3 == 0:
-                    chunks = list(
-                        client.chat.completions.create(
-                            model="echo",
-                            messages=messages,  # type: ignore[arg-type]
-                            stream=True,
-                        )
-                    )
-                    got = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-                    extra = chunks[-1].model_extra or {}
-                else:
-                    answer = client.chat.completions.create(
-                        model="echo",
-                        messages=messages,  # type: ignore[arg-type]
-                    )
-                    got, extra = answer.choices[0].message.content or "", answer.model_extra or {}
+                got, extra = ask(client, prompt, stream=n % 3 == 0)
             except openai.APIStatusError as exc:
                 body = exc.body if isinstance(exc.body, dict) else {}
                 with self.tally.lock:

@@ -27,6 +27,13 @@ from service.integrity.verify import Problem, Report, content_problem
 
 _TIMES = ("created_at", "completed_at", "retain_until")
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+# what a pack must hold; anything else must be listed in its manifest
+REQUIRED = ("checkpoint.txt", "manifest.json", "records.jsonl", "events.jsonl", "proofs.jsonl")
+PROVEN = ("records.jsonl", "events.jsonl")  # every line of these needs exactly one proof
+# a pack is input from the party being audited: members are sized before they are read
+MAX_MEMBER_BYTES = 4 << 30
+MAX_TOTAL_BYTES = 16 << 30
+MAX_RATIO = 200  # uncompressed / compressed, beyond what JSON or HTML reaches: a zip bomb
 
 
 def is_zip(path: Path) -> bool:
@@ -34,26 +41,45 @@ def is_zip(path: Path) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
-def _read(zf: zipfile.ZipFile, path: Path, name: str, report: Report) -> bytes | None:
+def _sized(infos: list[zipfile.ZipInfo], report: Report) -> list[zipfile.ZipInfo]:
+    """The members safe to read: each within its size and compression-ratio bounds, all of
+    them together within the total bound (oversized ones are reported, never decompressed)."""
+    safe: list[zipfile.ZipInfo] = []
+    total = 0
+    for info in infos:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > MAX_MEMBER_BYTES or (
+            info.compress_type != zipfile.ZIP_STORED and ratio > MAX_RATIO
+        ):
+            report.problems.append(
+                Problem("altered", f"{info.filename}: {info.file_size:,} bytes declared, not read")
+            )
+            continue
+        total += info.file_size
+        if total > MAX_TOTAL_BYTES:
+            report.problems.append(Problem("altered", "the pack is larger than can be verified"))
+            break
+        safe.append(info)
+    return safe
+
+
+def _read(zf: zipfile.ZipFile, path: Path, info: zipfile.ZipInfo, report: Report) -> bytes | None:
     """A member's bytes. Stored members are read raw, so a byte changed in place still
     reaches the line it belongs to (the CRC mismatch is reported too)."""
+    name = info.filename
     try:
-        info = zf.getinfo(name)
-    except KeyError:
-        report.problems.append(Problem("deleted", f"the pack has no {name}"))
-        return None
-    if info.compress_type == zipfile.ZIP_STORED:
-        with path.open("rb") as f:
-            f.seek(info.header_offset)
-            fields = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
-            f.seek(fields[10] + fields[11], 1)  # file name and extra field lengths
-            data = f.read(info.compress_size)
-        if zlib.crc32(data) != info.CRC:
-            report.problems.append(Problem("altered", f"{name} was changed inside the archive"))
-        return data
-    try:
-        return zf.read(name)
-    except (zipfile.BadZipFile, OSError) as exc:
+        if info.compress_type == zipfile.ZIP_STORED:
+            with path.open("rb") as f:
+                f.seek(info.header_offset)
+                fields = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
+                f.seek(fields[10] + fields[11], 1)  # file name and extra field lengths
+                data = f.read(info.compress_size)
+            if zlib.crc32(data) != info.CRC:
+                report.problems.append(Problem("altered", f"{name} was changed inside the archive"))
+            return data
+        with zf.open(info) as member:  # bounded: never more than the declared size
+            return member.read(info.file_size + 1)[: info.file_size]
+    except (zipfile.BadZipFile, OSError, struct.error, NotImplementedError, ValueError) as exc:
         report.problems.append(Problem("altered", f"{name} cannot be read: {exc}"))
         return None
 
@@ -112,11 +138,18 @@ def verify_pack(
     (no ``publics`` given)."""
     report = Report()
     with zipfile.ZipFile(path) as zf:
-        files = {n: _read(zf, path, n, report) for n in zf.namelist()}
+        files = {i.filename: _read(zf, path, i, report) for i in _sized(zf.infolist(), report)}
+    for name in REQUIRED:
+        if name not in files:
+            report.problems.append(Problem("deleted", f"the pack has no {name}"))
     own_keys = publics is None
     if publics is None:
-        keys = orjson.loads(files.get("jwks.json") or b'{"keys": []}')
-        publics = {k["kid"]: b64url_decode(k["x"]) for k in keys.get("keys", [])}
+        try:
+            keys = orjson.loads(files.get("jwks.json") or b'{"keys": []}')
+            publics = {k["kid"]: b64url_decode(k["x"]) for k in keys.get("keys", [])}
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError):
+            report.problems.append(Problem("altered", "jwks.json is unreadable"))
+            publics = {}
     root = _checkpoint(files.get("checkpoint.txt"), origin, list(publics.values()), report)
     _manifest(files, report)
     if root is None:
@@ -125,20 +158,14 @@ def verify_pack(
     report.tree_size = report.latest_checkpoint = size
     report.checkpoints = 1
     report.pending = (files.get("unsealed.jsonl") or b"").count(b"\n")
-    lines = {
-        name: (files.get(name) or b"").split(b"\n")[:-1]
-        for name in ("records.jsonl", "events.jsonl")
-    }
-    proofs = (files.get("proofs.jsonl") or b"").split(b"\n")[:-1]
-    expected = sum(len(v) for v in lines.values())
-    if len(proofs) != expected:
-        report.problems.append(
-            Problem("altered", f"proofs.jsonl has {len(proofs)} lines for {expected} entries")
-        )
+    lines = {name: _lines(name, files.get(name), report) for name in PROVEN}
+    proofs = _lines("proofs.jsonl", files.get("proofs.jsonl"), report)
+    proven: set[tuple[str, int]] = set()
     for n, raw in enumerate(proofs, start=1):
         try:
             p = orjson.loads(raw)
             name, number, entry = p["file"], int(p["line"]), str(p["entry_id"])
+            index = int(p["log_index"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             report.problems.append(Problem("altered", f"proofs.jsonl line {n} is unreadable"))
             continue
@@ -147,6 +174,12 @@ def verify_pack(
         if not 1 <= number <= len(body):
             report.problems.append(Problem("deleted", f"{where} is missing", entry))
             continue
+        if (name, number) in proven:
+            report.problems.append(
+                Problem("altered", f"{where} has a second proof (proofs.jsonl line {n})", entry)
+            )
+            continue
+        proven.add((name, number))
         report.entries += 1
         try:
             line = orjson.loads(body[number - 1])
@@ -160,25 +193,47 @@ def verify_pack(
             report.problems.append(Problem("altered", f"{where} names another entry", entry))
             continue
         if why is not None or computed is None:
-            report.problems.append(Problem("altered", f"{where} {why}", entry, p["log_index"]))
+            report.problems.append(Problem("altered", f"{where} {why}", entry, index))
             continue
-        ok = computed == p.get("leaf_sha256") and merkle.verify_inclusion(
-            int(p["log_index"]),
-            size,
-            bytes.fromhex(computed),
-            [base64.b64decode(h) for h in p.get("proof", [])],
-            root_hash,
-        )
-        if not ok:
-            report.problems.append(
-                Problem(
-                    "altered",
-                    f"{where} is not in the signed log at index {p['log_index']}",
-                    entry,
-                    p["log_index"],
-                )
+        try:
+            path_hashes = [base64.b64decode(h, validate=True) for h in p.get("proof", [])]
+            ok = computed == p.get("leaf_sha256") and merkle.verify_inclusion(
+                index, size, bytes.fromhex(computed), path_hashes, root_hash
             )
+        except (TypeError, ValueError):  # a malformed proof proves nothing
+            ok = False
+        if not ok:
+            detail = f"{where} is not in the signed log at index {index}"
+            report.problems.append(Problem("altered", detail, entry, index))
+    for name, body in lines.items():
+        for number, raw in enumerate(body, start=1):
+            if (name, number) not in proven:
+                report.problems.append(
+                    Problem("inserted", f"({name} line {number}) has no inclusion proof", _id(raw))
+                )
     return report, own_keys
+
+
+def _lines(name: str, data: bytes | None, report: Report) -> list[bytes]:
+    """A JSONL member's lines; a last line without its newline is reported, not dropped."""
+    if not data:
+        return []
+    body = data.split(b"\n")
+    if body[-1]:
+        report.problems.append(Problem("altered", f"{name} does not end with a newline"))
+    else:
+        body.pop()
+    return body
+
+
+def _id(raw: bytes) -> str | None:
+    """The id an unproven line claims, to name it (None if it names none)."""
+    try:
+        line = orjson.loads(raw)
+        entry = line.get("record") or line.get("event") or {}
+        return str(entry["id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _checkpoint(

@@ -5,6 +5,7 @@ packs verified offline, and a flipped byte named by its record. SQLite and Postg
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import zipfile
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from pypdf import PdfReader
 from sqlalchemy import select
@@ -304,6 +306,55 @@ def test_an_evidence_pack_verifies_offline_and_a_flipped_byte_names_its_record(
     assert own_keys and not report.ok
     altered = {p.entry_id for p in report.problems if p.entry_id}
     assert altered == {seed.ids["plain"]}, report.problems
+
+    # forgeries that keep every proof intact: each still fails verification
+    forged_event = orjson.dumps({"event": {"id": "forged-event", "action": "erasure"}})
+    assert verify_pack(_repack(pack, tmp_path / "same.zip", {}))[
+        0
+    ].ok  # the forger's tool is faithful
+    cases = {
+        # a line outside the proofs, without its newline so a line splitter might drop it
+        "no-newline": {"events.jsonl": lambda d: d + forged_event},
+        # a forged line given a copy of another line's proof
+        "reused-proof": {
+            "events.jsonl": lambda d: d + forged_event + b"\n",
+            "proofs.jsonl": lambda d: d + d.splitlines(keepends=True)[-1],
+        },
+        # the records, events and proofs taken out altogether
+        "emptied": {n: None for n in ("records.jsonl", "events.jsonl", "proofs.jsonl")},
+    }
+    for case, edits in cases.items():
+        report, _ = verify_pack(_repack(pack, tmp_path / f"{case}.zip", edits))
+        assert not report.ok, case
+    # a member that would decompress to far more than it occupies is not read
+    bomb = tmp_path / "bomb.zip"
+    _repack(pack, bomb, {})
+    with zipfile.ZipFile(bomb, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("reports/huge.json", b"0" * (32 << 20))
+    report, _ = verify_pack(bomb)
+    assert not report.ok
+    assert any("reports/huge.json" in p.detail and "not read" in p.detail for p in report.problems)
+
+
+def _repack(pack: Path, out: Path, edits: dict[str, Any]) -> Path:
+    """A copy of ``pack`` with members edited (``None``: taken out) and the manifest's hashes
+    recomputed, as an operator forging a pack would."""
+    with zipfile.ZipFile(pack) as src:
+        files = {i.filename: src.read(i) for i in src.infolist()}
+    for name, edit in edits.items():
+        if edit is None:
+            files.pop(name, None)
+        else:
+            files[name] = edit(files.get(name, b""))
+    manifest = orjson.loads(files["manifest.json"])
+    manifest["files"] = {
+        n: hashlib.sha256(d).hexdigest() for n, d in files.items() if n != "manifest.json"
+    }
+    files["manifest.json"] = orjson.dumps(manifest)
+    with zipfile.ZipFile(out, "w") as dst:
+        for name, data in files.items():
+            dst.writestr(name, data)
+    return out
 
 
 def test_report_and_evidence_from_the_command_line(

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     ui_session_ttl_s: int = Field(
         default=8 * 3600, ge=60, le=7 * 86400, description="a UI sign-in lasts this long"
     )
+    evidence_max_records: int = Field(
+        default=100_000,
+        ge=1,
+        description="records an evidence pack downloaded over HTTP may hold (the CLI has no cap)",
+    )
     ui_secure_cookies: bool = Field(
         default=True, description="UI cookies only over HTTPS (browsers exempt localhost)"
     )

@@ -66,6 +66,14 @@ class PayloadTooLarge(ProvenantError):
     code = "payload_too_large"
 
 
+class ExportTooLarge(ProvenantError):
+    """An export over HTTP would hold more than the gateway builds in its serving process."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "export_too_large"
+
+
 class HeadersTooLarge(ProvenantError):
     status = 431
     type = "invalid_request_error"

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from service.config import Settings
 from service.errors import NotFound, ProvenantError
+from service.reports import render
 from service.reports.kinds import Format, Kind
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -91,7 +92,7 @@ def report(
                 origin=settings.log_origin,
                 progress=step,
             )
-            target = out or Path(done.filename)
+            target = out or Path(render.safe_filename(done.filename))
             target.write_bytes(done.content)
             bar.update(task, completed=4)
     except ProvenantError as exc:

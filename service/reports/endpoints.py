@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from service.deps import SessionDep, SettingsDep
-from service.reports import evidence
+from service.reports import evidence, render
 from service.reports import service as reports
 from service.reports.kinds import Format, Kind
 from service.tenancy.auth import CurrentPrincipal
@@ -78,7 +78,7 @@ def report(
         out.content,
         media_type=out.media_type,
         headers={
-            "Content-Disposition": f'{disposition}; filename="{out.filename}"',
+            "Content-Disposition": render.disposition(out.filename, disposition),
             "X-Provenant-Report-SHA256": out.sha256,
         },
     )
@@ -113,10 +113,11 @@ def evidence_pack(
         actor=f"key:{principal.key_prefix}",
         origin=settings.log_origin,
         route=route,
+        max_records=settings.evidence_max_records,
     )
     name = f"provenant-evidence-{principal.tenant}-{start:%Y%m%d}-{end:%Y%m%d}.zip"
     return Response(
         buffer.getvalue(),
         media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        headers={"Content-Disposition": render.disposition(name)},
     )

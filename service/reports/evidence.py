@@ -33,13 +33,13 @@ from datetime import date, datetime
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service import __version__
 from service.db.base import utcnow
 from service.documents.models import Chunk, Document, DocumentVersion
-from service.errors import NotFound
+from service.errors import ExportTooLarge, NotFound
 from service.integrity import merkle
 from service.integrity.log import StoredTree
 from service.integrity.models import Checkpoint, LogEntry
@@ -142,15 +142,25 @@ def write_pack(
     origin: str,
     route: str | None = None,
     progress: Callable[[str], None] | None = None,
+    max_records: int | None = None,
 ) -> dict[str, Any]:
     """Write the pack to ``out`` and record the export (``evidence.exported``) in the caller's
-    transaction; returns the manifest."""
+    transaction; returns the manifest. ``max_records``: refuse a period holding more (the
+    pack is built in memory; over HTTP that memory is the serving process's)."""
     reports.validate(Kind.activity, start, end, None)
     step = progress or (lambda _: None)
     cp = session.scalars(select(Checkpoint).order_by(Checkpoint.tree_size.desc())).first()
     if cp is None:
         raise NotFound("the log has no signed checkpoint yet: nothing can be proven")
     scope = reports.Request(Kind.activity, tenant_id, tenant, start, end, route).scope()
+    if max_records is not None:
+        held = session.scalar(select(func.count()).select_from(AuditRecord).where(*scope.records()))
+        if held is not None and held > max_records:
+            raise ExportTooLarge(
+                f"the period holds {held:,} records, more than the {max_records:,} an evidence "
+                "pack over HTTP may hold: choose a shorter period, or run `provenant evidence` "
+                "next to the database"
+            )
     tree = StoredTree(session.connection())
     records, events = _Lines("records.jsonl"), _Lines("events.jsonl")
     proofs, unsealed, sources = _Lines("proofs.jsonl"), _Lines("unsealed.jsonl"), {}

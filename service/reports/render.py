@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import uuid
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -86,18 +88,40 @@ def _header_rows(report: Report) -> list[list[str]]:
     ]
 
 
+def safe_filename(name: str) -> str:
+    """``name`` as a plain file name: letters, digits, ``.``, ``_`` and ``-`` only (tenant
+    names may hold any Unicode, quotes or slashes)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.") or "download"
+
+
+def disposition(filename: str, kind: str = "attachment") -> str:
+    """A ``Content-Disposition`` value for a download: an ASCII ``filename`` any client can
+    use and the exact name as RFC 6266 ``filename*``."""
+    exact = quote(filename, safe="")
+    return f"{kind}; filename=\"{safe_filename(filename)}\"; filename*=UTF-8''{exact}"
+
+
+# spreadsheet programs run a cell that starts like a formula: such text is written quoted
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    cell = "" if value is None else _plain(value)
+    return "'" + cell if isinstance(cell, str) and cell.startswith(_FORMULA) else cell
+
+
 def to_csv(report: Report) -> bytes:
     """The header as ``key,value`` rows, a blank line, then each section: its key, its column
     row and its rows, sections separated by a blank line."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\r\n")
-    w.writerows(_header_rows(report))
+    w.writerows([_csv_cell(c) for c in row] for row in _header_rows(report))
     for t in report.tables:
         w.writerow([])
         w.writerow([f"section:{t.section.key}"] + ([f"note:{t.note}"] if t.note else []))
         w.writerow(t.section.names)
         for r in t.rows:
-            w.writerow(["" if r.get(c) is None else _plain(r.get(c)) for c in t.section.names])
+            w.writerow([_csv_cell(r.get(c)) for c in t.section.names])
     return out.getvalue().encode("utf-8")
 
 

@@ -25,7 +25,7 @@ from service import __version__
 from service.deps import SessionDep, SettingsDep
 from service.errors import Forbidden, InvalidRequest, ProvenantError, Unauthenticated
 from service.lineage.events import record_event
-from service.reports import evidence
+from service.reports import evidence, render
 from service.reports import service as reports
 from service.reports.kinds import SECTIONS, TITLES, Format, Kind
 from service.reports.render import _cell
@@ -332,7 +332,7 @@ def report_download(
     return Response(
         out.content,
         media_type=out.media_type,
-        headers={"Content-Disposition": f'attachment; filename="{out.filename}"'},
+        headers={"Content-Disposition": render.disposition(out.filename)},
     )
 
 
@@ -360,6 +360,7 @@ def evidence_download(
             actor=f"ui:key:{principal.key_prefix}",
             origin=settings.log_origin,
             route=route or None,
+            max_records=settings.evidence_max_records,
         )
     except ProvenantError as exc:
         ctx = {"principal": principal, "csrf": who[1], "error": exc}
@@ -368,7 +369,7 @@ def evidence_download(
     return Response(
         buffer.getvalue(),
         media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        headers={"Content-Disposition": render.disposition(name)},
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +22,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from service.cli import app as cli
+from service.errors import ExportTooLarge
 from service.integrity.evidence import verify_pack
 from service.lineage.models import AdminEvent
+from service.reports import evidence
 from service.reports.kinds import SECTIONS, Format, Kind
+from service.tenancy.models import Role, Tenant
+from service.tenancy.service import create_key
 from tests.conftest import new_tenant
 from tests.support.mlflow import MlflowServer, Registry
 from tests.support.reports_seed import Seed, seeded_gateway
+from tests.support.secrets import ISSUED
 from tests.support.servers import UpstreamServer
 
 
@@ -390,3 +396,38 @@ def test_report_and_evidence_from_the_command_line(
         cli, ["report", "subject", *period, "--tenant", seed.keys.tenant], env=env
     )
     assert missing.exit_code == 2 and "subject" in missing.output
+
+
+def test_any_tenant_name_downloads_and_csv_cells_never_run_as_formulas(
+    seed: Seed, sessions: sessionmaker[Session]
+) -> None:
+    # a tenant name that is not Latin-1, has a quote and a slash, and reads as a formula
+    name = f'=東京 "ops"/{uuid.uuid4().hex[:6]}'
+    with sessions() as session:
+        auditor = create_key(session, tenant=name, role=Role.auditor).key
+        session.commit()
+    ISSUED.append(auditor)
+    resp = pull(seed, "activity", "csv", key=auditor)
+    disposition = resp.headers["content-disposition"]
+    assert disposition.isascii() and 'filename="provenant-activity-' in disposition
+    assert "filename*=UTF-8''provenant-activity-%3D%E6%9D%B1%E4%BA%AC" in disposition
+    rows = list(csv.reader(io.StringIO(resp.text)))
+    assert ["tenant", "'" + name] in rows
+    assert not [c for row in rows for c in row if c.startswith(("=", "+", "@"))]
+
+
+def test_an_evidence_pack_over_http_is_bounded(seed: Seed, sessions: sessionmaker[Session]) -> None:
+    with sessions() as session, pytest.raises(ExportTooLarge) as refused:
+        tenant_id = session.scalars(select(Tenant.id).where(Tenant.name == seed.keys.tenant)).one()
+        evidence.write_pack(
+            session,
+            io.BytesIO(),
+            tenant_id=tenant_id,
+            tenant=seed.keys.tenant,
+            start=seed.start,
+            end=seed.end,
+            actor="test",
+            origin="unused",
+            max_records=3,
+        )
+    assert "more than the 3 an evidence pack" in refused.value.message

@@ -42,7 +42,7 @@ from service.documents.models import Chunk, Document, DocumentVersion
 from service.errors import ExportTooLarge, NotFound
 from service.integrity import merkle
 from service.integrity.log import StoredTree
-from service.integrity.models import Checkpoint, LogEntry
+from service.integrity.models import LogEntry
 from service.integrity.service import jwks
 from service.lineage.events import record_event
 from service.lineage.models import AdminEvent, AuditRecord, PolicyDecision, Retrieval
@@ -149,7 +149,7 @@ def write_pack(
     pack is built in memory; over HTTP that memory is the serving process's)."""
     reports.validate(Kind.activity, start, end, None)
     step = progress or (lambda _: None)
-    cp = session.scalars(select(Checkpoint).order_by(Checkpoint.tree_size.desc())).first()
+    cp = reports.latest_checkpoint(session)
     if cp is None:
         raise NotFound("the log has no signed checkpoint yet: nothing can be proven")
     scope = reports.Request(Kind.activity, tenant_id, tenant, start, end, route).scope()
@@ -242,7 +242,7 @@ def write_pack(
             continue
         step(f"report {kind.value}")
         request = reports.Request(kind, tenant_id, tenant, start, end, route)
-        report = reports.build(session, request=request, actor=actor, origin=origin)
+        report = reports.build(session, request=request, actor=actor, origin=origin, checkpoint=cp)
         for fmt in (Format.json, Format.csv, Format.html):
             files[f"reports/{kind.value}.{fmt.value}"] = render(report, fmt)
     header = {
@@ -253,7 +253,7 @@ def write_pack(
         "generated_at": utcnow().isoformat(),
         "generated_by": actor,
         "generator": f"provenant {__version__}",
-        "checkpoint": reports.checkpoint_header(session),
+        "checkpoint": reports.checkpoint_header(cp),
     }
     files["README.md"] = readme(header, records.count, events.count, unsealed.count).encode()
     manifest = {

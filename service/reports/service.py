@@ -75,9 +75,13 @@ def validate(kind: Kind, start: datetime, end: datetime, subject: str | None) ->
         raise InvalidRequest("a subject report needs 'subject' (the end user id)", param="subject")
 
 
-def checkpoint_header(session: Session) -> dict[str, Any] | None:
-    """The latest signed checkpoint: what the report was generated against."""
-    cp = session.scalars(select(Checkpoint).order_by(Checkpoint.tree_size.desc())).first()
+def latest_checkpoint(session: Session) -> Checkpoint | None:
+    """The latest signed checkpoint."""
+    return session.scalars(select(Checkpoint).order_by(Checkpoint.tree_size.desc())).first()
+
+
+def checkpoint_header(cp: Checkpoint | None) -> dict[str, Any] | None:
+    """How a report's header names the checkpoint it was generated against."""
     if cp is None:
         return None
     return {
@@ -96,8 +100,10 @@ def build(
     actor: str,
     origin: str,
     progress: Progress | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> Report:
-    """Build one report (no rendering, no event)."""
+    """Build one report (no rendering, no event), against ``checkpoint`` (default: the latest;
+    an evidence pack passes the one its proofs are for)."""
     validate(request.kind, request.start, request.end, request.subject)
     step = progress or (lambda _: None)
     step("checkpoint")
@@ -108,7 +114,7 @@ def build(
         "generated_at": utcnow().isoformat(),
         "generated_by": actor,
         "generator": f"provenant {__version__}",
-        "checkpoint": checkpoint_header(session),
+        "checkpoint": checkpoint_header(checkpoint or latest_checkpoint(session)),
     }
     report = Report(request.kind, TITLES[request.kind], header)
     scope = request.scope()

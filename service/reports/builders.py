@@ -344,14 +344,9 @@ def subject(session: Session, scope: Scope) -> tuple[list[Table], list[Chart]]:
                 "content": "present" if rec.content_salt is not None else "erased",
             }
         )
-    target = f"subject:{scope.subject}"
     events = []
-    for e in queries.events(
-        session, scope, ("erasure", "hold.placed", "hold.released"), MAX_LIST_ROWS
-    ):
+    for e in queries.subject_events(session, scope, MAX_LIST_ROWS):
         detail = e.detail or {}
-        if e.target != target and detail.get("value") != scope.subject:
-            continue
         shown = {k: v for k, v in detail.items() if k != "records"}
         if "records" in detail:
             shown["records"] = len(detail["records"])

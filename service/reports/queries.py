@@ -455,6 +455,31 @@ def events(session: Session, scope: Scope, actions: tuple[str, ...], limit: int)
     return list(session.scalars(stmt))
 
 
+def subject_events(session: Session, scope: Scope, limit: int) -> list[Any]:
+    """The period's erasures of the scope's subject and the placing and release of legal holds
+    on that subject (found through the holds, so a release, which names only its hold, is
+    among them); filtered in SQL, so other subjects' events never crowd them out."""
+    holds = session.scalars(
+        select(LegalHold.id).where(
+            LegalHold.tenant_id == scope.tenant_id, LegalHold.subject == scope.subject
+        )
+    )
+    targets = [f"subject:{scope.subject}", *(f"hold:{h}" for h in holds)]
+    stmt = (
+        select(AdminEvent)
+        .where(
+            AdminEvent.tenant_id == scope.tenant_id,
+            AdminEvent.created_at >= scope.start,
+            AdminEvent.created_at < scope.end,
+            AdminEvent.action.in_(("erasure", "hold.placed", "hold.released")),
+            AdminEvent.target.in_(targets),
+        )
+        .order_by(AdminEvent.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
 def record_counts(session: Session, scope: Scope) -> Any:
     """Records in scope, and how many of them have a log entry."""
     stmt = (

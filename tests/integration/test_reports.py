@@ -431,3 +431,27 @@ def test_an_evidence_pack_over_http_is_bounded(seed: Seed, sessions: sessionmake
             max_records=3,
         )
     assert "more than the 3 an evidence pack" in refused.value.message
+
+
+def test_a_subject_report_shows_a_hold_placed_and_released(seed: Seed) -> None:
+    admin = {"Authorization": f"Bearer {seed.keys.admin}"}
+    base = seed.gateway.url
+    subject = f"dana-{uuid.uuid4().hex[:6]}"
+    placed = httpx.post(
+        f"{base}/v1/admin/holds",
+        json={"scope": "subject", "value": subject, "reason": "audit 9"},
+        headers=admin,
+    )
+    assert placed.status_code in (200, 201), placed.text
+    released = httpx.post(
+        f"{base}/v1/admin/holds/{placed.json()['id']}/release",
+        json={"reason": "audit closed"},
+        headers=admin,
+    )
+    assert released.status_code == 200, released.text
+    doc = pull(seed, "subject", "json", subject=subject).json()
+    assert [e["action"] for e in rows(doc, "events")] == ["hold.placed", "hold.released"]
+    assert "audit closed" in rows(doc, "events")[1]["detail"]
+    # another subject's hold is not shown
+    alice = pull(seed, "subject", "json", subject="alice").json()
+    assert all("audit 9" not in e["detail"] for e in rows(alice, "events"))

@@ -25,8 +25,9 @@ from service.cli import app as cli
 from service.errors import ExportTooLarge
 from service.integrity.evidence import verify_pack
 from service.lineage.models import AdminEvent
-from service.reports import evidence
+from service.reports import attestation, evidence
 from service.reports.kinds import SECTIONS, Format, Kind
+from service.reports.service import Request
 from service.tenancy.models import Role, Tenant
 from service.tenancy.service import create_key
 from tests.conftest import new_tenant
@@ -455,3 +456,16 @@ def test_a_subject_report_shows_a_hold_placed_and_released(seed: Seed) -> None:
     # another subject's hold is not shown
     alice = pull(seed, "subject", "json", subject="alice").json()
     assert all("audit 9" not in e["detail"] for e in rows(alice, "events"))
+
+
+def test_an_integrity_attestation_over_more_checkpoints_than_it_lists_says_it_is_partial(
+    seed: Seed, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(attestation, "MAX_LIST_ROWS", 1)  # the seed signed several checkpoints
+    with sessions() as session:
+        tenant_id = session.scalars(select(Tenant.id).where(Tenant.name == seed.keys.tenant)).one()
+        scope = Request(Kind.integrity, tenant_id, seed.keys.tenant, seed.start, seed.end).scope()
+        checks = attestation.integrity(session, scope, "unused")[0].rows
+    [grew] = [c for c in checks if c["check"].startswith("the log only grew")]
+    assert grew["result"] == "partial", grew
+    assert grew["detail"].startswith("the oldest 1 of the period's ")

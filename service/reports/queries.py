@@ -439,20 +439,24 @@ def holds(session: Session, scope: Scope, limit: int) -> list[LegalHold]:
     return list(session.scalars(stmt.order_by(LegalHold.created_at).limit(limit)))
 
 
-def events(session: Session, scope: Scope, actions: tuple[str, ...], limit: int) -> list[Any]:
-    """The tenant's admin events of these actions in the period."""
-    stmt = (
-        select(AdminEvent)
-        .where(
-            AdminEvent.tenant_id == scope.tenant_id,
-            AdminEvent.created_at >= scope.start,
-            AdminEvent.created_at < scope.end,
-            AdminEvent.action.in_(actions),
-        )
-        .order_by(AdminEvent.id)
-        .limit(limit)
+def events(
+    session: Session,
+    scope: Scope,
+    actions: tuple[str, ...],
+    limit: int,
+    *,
+    targets: list[str] | None = None,
+) -> list[Any]:
+    """The tenant's admin events of these actions in the period (on these targets only)."""
+    stmt = select(AdminEvent).where(
+        AdminEvent.tenant_id == scope.tenant_id,
+        AdminEvent.created_at >= scope.start,
+        AdminEvent.created_at < scope.end,
+        AdminEvent.action.in_(actions),
     )
-    return list(session.scalars(stmt))
+    if targets is not None:
+        stmt = stmt.where(AdminEvent.target.in_(targets))
+    return list(session.scalars(stmt.order_by(AdminEvent.id).limit(limit)))
 
 
 def subject_events(session: Session, scope: Scope, limit: int) -> list[Any]:
@@ -465,19 +469,8 @@ def subject_events(session: Session, scope: Scope, limit: int) -> list[Any]:
         )
     )
     targets = [f"subject:{scope.subject}", *(f"hold:{h}" for h in holds)]
-    stmt = (
-        select(AdminEvent)
-        .where(
-            AdminEvent.tenant_id == scope.tenant_id,
-            AdminEvent.created_at >= scope.start,
-            AdminEvent.created_at < scope.end,
-            AdminEvent.action.in_(("erasure", "hold.placed", "hold.released")),
-            AdminEvent.target.in_(targets),
-        )
-        .order_by(AdminEvent.id)
-        .limit(limit)
-    )
-    return list(session.scalars(stmt))
+    actions = ("erasure", "hold.placed", "hold.released")
+    return events(session, scope, actions, limit, targets=targets)
 
 
 def record_counts(session: Session, scope: Scope) -> Any:

@@ -220,32 +220,7 @@ class Pipeline:
             raise
         choices = _choices(answer)
         _end_chat(span, answer, choices)
-        if engine is not None and facts is not None:
-            post = self._decide(engine, Stage.post, facts.answered(answer_text(choices)))
-            _decided(ex, post)
-            if post.blocked is not None:
-                await self._refuse(ex, post.blocked, choices=choices, answer=answer)
-            if post.redact is not None:
-                choices = redact_json(choices, post.redact)
-                answer["choices"] = [
-                    {**c, "message": r["message"]}
-                    for c, r in zip(answer["choices"], choices, strict=False)
-                ]
-        row = ex.record_row(
-            status=RecordStatus.ok,
-            http_status=200,
-            choices=choices,
-            usage=answer.get("usage"),
-            response_model=answer.get("model"),
-            latency_ms=self._elapsed(ex),
-        )
-        answer["provenance"] = provenance(
-            ex, answer.get("model"), self._receipts.issue(row, ex.delivered_sha256)
-        )
-        await self._commit(ex, row, answer)  # durable before the answer leaves
-        return Response(
-            orjson.dumps(answer), media_type="application/json", headers={AUDIT_HEADER: str(ex.id)}
-        )
+        return await self._deliver(ex, engine, facts, answer, choices)
 
     async def _stream(
         self,
@@ -268,39 +243,90 @@ class Pipeline:
 
         async def finish(acc: StreamAccumulator, end: StreamEnd) -> dict[str, Any]:
             ex.upstream_latency_ms = (time.perf_counter() - started_upstream) * 1000
-            err = end.error
-            choices = acc.choices()
-            _end_streamed_chat(span, acc, end, choices)
-            if engine is not None and facts is not None and end.status is RecordStatus.ok:
-                post = self._decide(engine, Stage.post, facts.answered(answer_text(choices)))
-                _decided(ex, post)
-                if post.blocked is not None:
-                    await self._refuse(ex, post.blocked, choices=acc.choices(), answer=None)
-                if post.redact is not None:
-                    acc.rewrite(post.redact)
-                    choices = acc.choices()
-            row = ex.record_row(
-                status=end.status,
-                http_status=200,
-                choices=choices,
-                usage=acc.usage,
-                response_model=acc.model,
-                latency_ms=self._elapsed(ex),
-                error_code=err.code if err else None,
-                error_message=err.message if err else None,
-            )
-            view = provenance(ex, acc.model, self._receipts.issue(row, ex.delivered_sha256))
-            await self._commit(ex, row, _streamed(acc, view) if ex.idempotency_key else None)
-            return view
+            _end_streamed_chat(span, acc, end, acc.choices())
+            return await self._deliver_stream(ex, acc, end, engine, facts)
 
-        headers = {
-            "content-type": "text/event-stream",
-            "cache-control": "no-cache",
-            AUDIT_HEADER: str(ex.id),
-        }
         return AuditedStream(
-            upstream, finish, headers, hold=hold, max_bytes=self._backend.max_response_bytes
+            upstream,
+            finish,
+            _stream_headers(ex),
+            hold=hold,
+            max_bytes=self._backend.max_response_bytes,
         )
+
+    async def _deliver(
+        self,
+        ex: Exchange,
+        engine: Engine | None,
+        facts: Facts | None,
+        answer: dict[str, Any],
+        choices: list[dict[str, Any]],
+        sources: list[Source] | None = None,
+    ) -> Response:
+        """A whole answer's last steps: the post-stage policies (refuse it, or redact what
+        leaves), its record and receipt, the commit, and only then the response."""
+        if engine is not None and facts is not None:
+            post = self._decide(engine, Stage.post, _post_facts(facts, choices, sources))
+            _decided(ex, post)
+            if post.blocked is not None:
+                await self._refuse(ex, post.blocked, choices=choices, answer=answer)
+            if post.redact is not None:
+                choices = redact_json(choices, post.redact)
+                answer["choices"] = [
+                    {**c, "message": r["message"]}
+                    for c, r in zip(answer["choices"], choices, strict=False)
+                ]
+        row = ex.record_row(
+            status=RecordStatus.ok,
+            http_status=200,
+            choices=choices,
+            usage=answer.get("usage"),
+            response_model=answer.get("model"),
+            latency_ms=self._elapsed(ex),
+        )
+        answer["provenance"] = provenance(
+            ex, answer.get("model"), self._receipts.issue(row, ex.delivered_sha256), sources
+        )
+        await self._commit(ex, row, answer)  # durable before the answer leaves
+        return Response(
+            orjson.dumps(answer), media_type="application/json", headers={AUDIT_HEADER: str(ex.id)}
+        )
+
+    async def _deliver_stream(
+        self,
+        ex: Exchange,
+        acc: StreamAccumulator,
+        end: StreamEnd,
+        engine: Engine | None,
+        facts: Facts | None,
+        sources: list[Source] | None = None,
+    ) -> dict[str, Any]:
+        """A stream's last steps once the upstream is done: the post-stage policies on a
+        complete answer (a held stream is refused or redacted before it leaves), its record,
+        the commit; returns the provenance sent as the last event."""
+        choices = acc.choices()
+        if engine is not None and facts is not None and end.status is RecordStatus.ok:
+            post = self._decide(engine, Stage.post, _post_facts(facts, choices, sources))
+            _decided(ex, post)
+            if post.blocked is not None:
+                await self._refuse(ex, post.blocked, choices=choices, answer=None)
+            if post.redact is not None:
+                acc.rewrite(post.redact)
+                choices = acc.choices()
+        err = end.error
+        row = ex.record_row(
+            status=end.status,
+            http_status=200,
+            choices=choices,
+            usage=acc.usage,
+            response_model=acc.model,
+            latency_ms=self._elapsed(ex),
+            error_code=err.code if err else None,
+            error_message=err.message if err else None,
+        )
+        view = provenance(ex, acc.model, self._receipts.issue(row, ex.delivered_sha256), sources)
+        await self._commit(ex, row, _streamed(acc, view) if ex.idempotency_key else None)
+        return view
 
     def _exchange(
         self,
@@ -398,32 +424,7 @@ class Pipeline:
         _end_chat(span, answer, choices)
         sources = await plan.settle(answer_text(choices), answer)
         ex.retrievals = [s.retrieval_row() for s in sources]
-        if engine is not None and facts is not None:
-            post = self._decide(engine, Stage.post, _with_sources(facts, sources, choices))
-            _decided(ex, post)
-            if post.blocked is not None:
-                await self._refuse(ex, post.blocked, choices=choices, answer=answer)
-            if post.redact is not None:
-                choices = redact_json(choices, post.redact)
-                answer["choices"] = [
-                    {**c, "message": r["message"]}
-                    for c, r in zip(answer["choices"], choices, strict=False)
-                ]
-        row = ex.record_row(
-            status=RecordStatus.ok,
-            http_status=200,
-            choices=choices,
-            usage=answer.get("usage"),
-            response_model=answer.get("model"),
-            latency_ms=self._elapsed(ex),
-        )
-        answer["provenance"] = provenance(
-            ex, answer.get("model"), self._receipts.issue(row, ex.delivered_sha256), sources
-        )
-        await self._commit(ex, row, answer)  # durable before the answer leaves
-        return Response(
-            orjson.dumps(answer), media_type="application/json", headers={AUDIT_HEADER: str(ex.id)}
-        )
+        return await self._deliver(ex, engine, facts, answer, choices, sources)
 
     def _sourced_chat(self, ex: Exchange, plan: Plan) -> Span:
         """The ``chat`` span of a sourced answer's generator call (none for the built-in
@@ -459,45 +460,17 @@ class Pipeline:
             _end_streamed_chat(span, acc, end, choices)
             sources = await plan.settle(answer_text(choices), None)
             ex.retrievals = [s.retrieval_row() for s in sources]
-            if engine is not None and facts is not None and end.status is RecordStatus.ok:
-                post = self._decide(engine, Stage.post, _with_sources(facts, sources, choices))
-                _decided(ex, post)
-                if post.blocked is not None:
-                    await self._refuse(ex, post.blocked, choices=choices, answer=None)
-                if post.redact is not None:
-                    acc.rewrite(post.redact)
-                    choices = acc.choices()
-            err = end.error
-            row = ex.record_row(
-                status=end.status,
-                http_status=200,
-                choices=choices,
-                usage=acc.usage,
-                response_model=acc.model,
-                latency_ms=self._elapsed(ex),
-                error_code=err.code if err else None,
-                error_message=err.message if err else None,
-            )
-            view = provenance(
-                ex, acc.model, self._receipts.issue(row, ex.delivered_sha256), sources
-            )
-            await self._commit(ex, row, _streamed(acc, view) if ex.idempotency_key else None)
-            return view
+            return await self._deliver_stream(ex, acc, end, engine, facts, sources)
 
         async def finish(acc: StreamAccumulator, end: StreamEnd) -> dict[str, Any]:
             # settling may wait (passthrough resolves sources in SQL): shielded, so a client
             # that leaves meanwhile does not stop the record from being written
             return await asyncio.shield(asyncio.ensure_future(settle_and_commit(acc, end)))
 
-        headers = {
-            "content-type": "text/event-stream",
-            "cache-control": "no-cache",
-            AUDIT_HEADER: str(ex.id),
-        }
         return AuditedStream(
             upstream,
             finish,
-            headers,
+            _stream_headers(ex),
             observe=plan.observe,
             hold=hold,
             max_bytes=self._backend.max_response_bytes,
@@ -693,6 +666,21 @@ def _streamed(acc: StreamAccumulator, view: dict[str, Any]) -> dict[str, Any]:
         "usage": acc.usage,
         "provenance": view,
     }
+
+
+def _stream_headers(ex: Exchange) -> dict[str, str]:
+    return {
+        "content-type": "text/event-stream",
+        "cache-control": "no-cache",
+        AUDIT_HEADER: str(ex.id),
+    }
+
+
+def _post_facts(facts: Facts, choices: list[dict[str, Any]], sources: list[Source] | None) -> Facts:
+    """What the post stage sees: the answer, and on sourced routes its sources."""
+    if sources is None:
+        return facts.answered(answer_text(choices))
+    return _with_sources(facts, sources, choices)
 
 
 def _with_sources(facts: Facts, sources: list[Source], choices: list[dict[str, Any]]) -> Facts:

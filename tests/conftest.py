@@ -251,3 +251,15 @@ def tenant(sessions: sessionmaker[Session]) -> TenantKeys:
 @pytest.fixture
 def other_tenant(sessions: sessionmaker[Session]) -> TenantKeys:
     return new_tenant(sessions)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database on the shared PostgreSQL server, migrated to head (for tests that need
+    PostgreSQL itself: several processes, advisory locks)."""
+    admin = postgres_admin_url()
+    if admin is None:
+        pytest.skip("PROVENANT_TEST_POSTGRES_URL not set (CI sets it and requires PostgreSQL)")
+    url = create_postgres_database(admin)
+    yield url
+    drop_postgres_database(admin, url)

@@ -25,10 +25,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from service.db.engine import make_engine, make_sessionmaker
+from service.db.engine import make_engine
 from service.integrity import signing
-from service.tenancy.service import create_key
-from tests.support.db import create_postgres_database, drop_postgres_database, postgres_admin_url
+from tests.support.serve import new_key
 from tests.support.servers import UpstreamServer
 
 pytestmark = pytest.mark.postgres
@@ -37,28 +36,6 @@ PROVENANT = [sys.executable, "-m", "service.cli"]
 SEAL_INTERVAL_S = 0.3
 MAX_MERGE_DELAY_S = 5  # what every receipt promises here
 CLIENTS = 6
-
-
-def new_key(env: dict[str, str], tenant: str, role: str) -> str:
-    """A key made by the key service (``provenant keys create`` is tested in test_cli)."""
-    engine = make_engine(env["PROVENANT_DATABASE_URL"])
-    try:
-        with make_sessionmaker(engine)() as session:
-            key = create_key(session, tenant=tenant, role=role).key
-            session.commit()
-    finally:
-        engine.dispose()
-    return key
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    admin = postgres_admin_url()
-    if admin is None:
-        pytest.skip("PROVENANT_TEST_POSTGRES_URL not set (CI sets it and requires PostgreSQL)")
-    url = create_postgres_database(admin)
-    yield url
-    drop_postgres_database(admin, url)
 
 
 @pytest.fixture
@@ -204,8 +181,8 @@ class Load:
 def test_the_survivor_seals_within_the_bound_after_the_sealer_is_killed(
     env: dict[str, str], replicas: list[Replica]
 ) -> None:
-    app_key = new_key(env, "acme", "app")
-    metrics_key = new_key(env, "ops", "metrics")
+    app_key = new_key(env["PROVENANT_DATABASE_URL"], "acme", "app")
+    metrics_key = new_key(env["PROVENANT_DATABASE_URL"], "ops", "metrics")
     load = Load(app_key, list(replicas))
     threads = [threading.Thread(target=load.run, args=(i,)) for i in range(CLIENTS)]
     for t in threads:
@@ -292,8 +269,8 @@ def test_the_survivor_seals_within_the_bound_after_the_sealer_is_killed(
 def test_workers_share_their_counts_on_every_scrape(env: dict[str, str], tmp_path: Path) -> None:
     """``serve --workers 2``: whichever worker answers the scrape reports both workers' counts
     (prometheus-client's multiprocess mode; ``serve`` makes the directory when none is set)."""
-    app_key = new_key(env, "acme", "app")
-    metrics_key = new_key(env, "ops", "metrics")
+    app_key = new_key(env["PROVENANT_DATABASE_URL"], "acme", "app")
+    metrics_key = new_key(env["PROVENANT_DATABASE_URL"], "ops", "metrics")
     shared = tmp_path / "metrics"
     shared.mkdir()
     replica = serve(

@@ -15,8 +15,6 @@ from typing import Any
 import openai
 import pytest
 
-from tests.support.db import create_postgres_database, drop_postgres_database, postgres_admin_url
-
 _LINES = pytest.StashKey[list[str]]()
 
 
@@ -76,14 +74,3 @@ def pytest_terminal_summary(
 
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database on the shared PostgreSQL server, migrated to head."""
-    admin = postgres_admin_url()
-    if admin is None:
-        pytest.skip("PROVENANT_TEST_POSTGRES_URL not set (CI sets it and requires PostgreSQL)")
-    url = create_postgres_database(admin)
-    yield url
-    drop_postgres_database(admin, url)

@@ -188,24 +188,19 @@ def test_a_hold_refuses_erasure_until_released(
         "PROVENANT_DATABASE_URL": database_url,
         "PROVENANT_DATA_DIR": str(tmp_path),
     }
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "erase",
-            "--subject",
-            subject,
-            "--reason",
-            "r",
-            "--tenant",
-            tenant.tenant,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def erase_cli() -> subprocess.CompletedProcess[str]:
+        """``provenant erase`` in its own process, as an operator runs it."""
+        argv = ["erase", "--subject", subject, "--reason", "r", "--tenant", tenant.tenant]
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    cli = erase_cli()
     assert cli.returncode == 1 and "legal hold" in cli.stderr and "Traceback" not in cli.stderr
     assert stored_anywhere(engine, secret) == ["audit_records"]
 
@@ -216,24 +211,7 @@ def test_a_hold_refuses_erasure_until_released(
         {"reason": "case closed"},
     )
     assert released.status_code == 200 and released.json()["released_by"].startswith("key:")
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "erase",
-            "--subject",
-            subject,
-            "--reason",
-            "r",
-            "--tenant",
-            tenant.tenant,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cli = erase_cli()
     assert cli.returncode == 0, cli.stderr
     assert "erased the content of 1 record(s)" in cli.stdout
     assert stored_anywhere(engine, secret) == []

@@ -73,15 +73,7 @@ class KeyResolver:
         prefix = parse_prefix(presented)
         if prefix is None:
             raise Unauthenticated("invalid API key")
-        entry = self._cache.get(prefix)
-        if entry is None or entry.expires < time.monotonic():
-            try:
-                entry = await run_in_threadpool(self._load, prefix)
-            except SQLAlchemyError as exc:
-                raise StoreUnavailable("lineage store unavailable; request refused") from exc
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[prefix] = entry
+        entry = await self._entry(prefix)
         if entry.principal is None or entry.key_sha256 is None:
             raise Unauthenticated("invalid API key")
         if not matches(presented, entry.key_sha256):
@@ -91,14 +83,20 @@ class KeyResolver:
     async def by_prefix(self, prefix: str) -> Principal | None:
         """The principal of a live key named by its prefix (a UI session, whose signed cookie
         already proved the key once), or None if it is unknown or revoked."""
+        return (await self._entry(prefix)).principal
+
+    async def _entry(self, prefix: str) -> _Entry:
+        """The key's cache entry, loaded when absent or expired (the cache stays bounded)."""
         entry = self._cache.get(prefix)
         if entry is None or entry.expires < time.monotonic():
             try:
                 entry = await run_in_threadpool(self._load, prefix)
             except SQLAlchemyError as exc:
                 raise StoreUnavailable("lineage store unavailable; request refused") from exc
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
             self._cache[prefix] = entry
-        return entry.principal
+        return entry
 
     def forget(self) -> None:
         """Drop the cache (after a revocation in this process)."""

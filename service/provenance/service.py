@@ -10,9 +10,9 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from service.errors import NotFound
-from service.lineage import repository as records
+from service.lineage import service as lineage
 from service.lineage.repository import RecordFilter
-from service.lineage.schemas import AuditRecordPage, AuditRecordSummary
+from service.lineage.schemas import AuditRecordPage
 from service.provenance import repository
 from service.provenance.models import ModelSnapshot
 from service.provenance.schemas import ModelSnapshotOut, ModelUsageOut, ModelUsagePage
@@ -72,15 +72,10 @@ def model_answers(
     limit: int,
     cursor: uuid.UUID | None,
 ) -> AuditRecordPage:
-    """The caller's tenant's records served by one snapshot, newest first."""
+    """The caller's tenant's records served by one snapshot, newest first: a records listing
+    with that filter (audited like any other)."""
     flt = RecordFilter(model_snapshot_id=snapshot_id)
-    rows = records.page(session, principal.tenant_id, flt, limit=limit + 1, before=cursor)
-    if not rows and cursor is None:
+    page = lineage.list_records(session, principal=principal, flt=flt, limit=limit, cursor=cursor)
+    if not page.data and cursor is None:
         raise NotFound(f"no model snapshot {snapshot_id} served answers in your tenant")
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    return AuditRecordPage(
-        data=[AuditRecordSummary.model_validate(r) for r in rows],
-        has_more=has_more,
-        next_cursor=rows[-1].id if has_more else None,
-    )
+    return page

@@ -21,7 +21,7 @@ from service.config import OpenAIRoute, RagRoute, RegistryLink, Route, RoutesFil
 from service.db.engine import make_engine
 from service.integrity import leaf
 from service.integrity.canonical import digest
-from service.lineage.models import AuditRecord, PolicyDecision
+from service.lineage.models import AdminEvent, AuditRecord, PolicyDecision
 from service.provenance.models import ModelSnapshot
 from tests.conftest import TenantKeys, make_settings, new_tenant
 from tests.support.documents import upload
@@ -437,6 +437,16 @@ def test_auditors_see_only_their_tenants_use_of_each_model(
         assert all(r["model_snapshot_id"] == snapshot_id for r in answers["data"])
         page = get(gateway, ours.auditor, f"/v1/lineage/models/{snapshot_id}/answers", limit=2)
         assert page.json()["has_more"] is True
+        # reading the log is itself on the record, with the filter the auditor used
+        engine = make_engine(database_url)
+        with engine.connect() as conn:
+            listed = conn.scalars(
+                select(AdminEvent.detail).where(
+                    AdminEvent.action == "records.listed", AdminEvent.actor.like("key:%")
+                )
+            ).all()
+        engine.dispose()
+        assert any(d["filters"]["model_snapshot_id"] == snapshot_id for d in listed)
 
         full = get(gateway, ours.admin, f"/v1/lineage/models/{snapshot_id}").json()
         assert full["content"]["run"]["params"] == {"base_model": "llama-3-8b", "lora_rank": "16"}

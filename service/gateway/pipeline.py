@@ -508,8 +508,9 @@ class Pipeline:
                 decisions=len(out.decisions),
                 blocked_by=None if out.blocked is None else out.blocked.policy.id,
             )
+        count, stage_name = self._metrics.policy_outcome, stage.value
         for d in out.decisions:
-            self._metrics.policy_outcome(d.policy.id, stage.value, d.outcome)
+            count(d.policy.id, stage_name, d.outcome)
         return out
 
     async def _refuse(

@@ -51,6 +51,27 @@ def canonical_trusted(doc: dict[str, Any]) -> bytes:
     return orjson.dumps(doc, option=_SORTED)
 
 
+# digests of small JSON values already seen (sampling parameters, policy details, which repeat
+# from answer to answer), keyed by orjson's sorted bytes: those name one JSON value (orjson
+# writes each float in its shortest exact form and keeps 1 and 1.0 apart), except that it writes
+# NaN and infinities as null, so values with a null are never taken from the cache
+_DIGESTS: dict[bytes, str] = {}
+_DIGESTS_MAX = 4096
+_DIGEST_KEY_MAX = 512
+
+
 def digest(value: Any) -> str:
     """Hex SHA-256 of the canonical JSON of a JSON value (how JSON fields enter a leaf)."""
-    return hashlib.sha256(canonical(value)).hexdigest()
+    try:
+        key = orjson.dumps(value, option=_SORTED)
+    except TypeError:  # what canonical() reports for it
+        key = b"null"
+    if len(key) > _DIGEST_KEY_MAX or b"null" in key:
+        return hashlib.sha256(canonical(value)).hexdigest()
+    found = _DIGESTS.get(key)
+    if found is None:
+        found = hashlib.sha256(canonical(value)).hexdigest()
+        if len(_DIGESTS) >= _DIGESTS_MAX:
+            _DIGESTS.clear()
+        _DIGESTS[key] = found
+    return found

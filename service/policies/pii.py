@@ -8,7 +8,8 @@ numbers by Google's libphonenumber metadata (phonenumbers).
 To stay cheap on the hot path, the per-kind expressions do not scan the whole text: one pass
 finds runs of 7 or more digits (every numeric kind has them) and the ``@`` signs, and the kinds'
 expressions run only in a window around each (``Pattern.finditer(text, pos, endpos)``, so
-look-behinds still see the real text). Prose without such a run costs one scan.
+look-behinds still see the real text). Every kind needs a digit or an ``@``, so a text with
+neither (most prose, role names, finish reasons) costs one search and is done.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ _EMAIL = re.compile(
 _PHONE = re.compile(r"(?<![\w+])\+?\(?\d(?:[\d\s().-]{5,18})\d(?![\w])")
 # 7+ digits with at most 3 separators between neighbours: where any numeric kind can be
 _DIGIT_RUN = re.compile(r"\d(?:[\s().+/-]{0,3}\d){6,}")
+# every kind has a digit (cards, IBANs, phones, national ids) or an @ (email): ``\d`` as the
+# kinds' own expressions read it (Unicode digits too)
+_ANY_DIGIT = re.compile(r"\d")
 _WINDOW = 12  # characters around a digit run (an IBAN's country code and check digits, a +)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{2}[./-]\d{2}[./-]\d{4}")
 _CARD = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
@@ -215,7 +219,9 @@ class Detector:
     def find(self, text: str, memo: Memo | None = None) -> list[Finding]:
         """Every confirmed finding, non-overlapping, in text order. With a ``memo``, scans of
         the same text by other detectors are reused."""
-        if len(text) < 6:  # shorter than the shortest address (a@b.co): roles, finish reasons
+        if len(text) < 6:  # shorter than the shortest address (a@b.co)
+            return []
+        if "@" not in text and _ANY_DIGIT.search(text) is None:
             return []
         scan = memo.get(text) if memo is not None else None
         if scan is None:

@@ -64,6 +64,7 @@ class Metrics:
         # ``labels()`` call (argument checks, string conversions, a lock) per instrument
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._answer: dict[tuple[str, str, bool], tuple[Any, Any, Any, Any]] = {}
+        self._decision: dict[tuple[str, str, str], Any] = {}
         self.http_requests = Counter(
             "provenant_http_requests",
             "HTTP requests served, by method, route template and status",
@@ -185,7 +186,11 @@ class Metrics:
 
     def policy_outcome(self, policy_id: str, stage: str, outcome: str) -> None:
         """One policy's decision about one answer (the policy engine calls this)."""
-        self.policy_decisions.labels(policy_id, stage, outcome).inc()
+        key = (policy_id, stage, outcome)
+        child = self._decision.get(key)
+        if child is None:
+            child = self._decision[key] = self.policy_decisions.labels(policy_id, stage, outcome)
+        child.inc()
 
     def observe_seal(self, done: list[Sealed]) -> None:
         """A sealing run of this process signed ``done`` checkpoints (``seal_periodically``)."""

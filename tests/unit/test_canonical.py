@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -59,3 +60,20 @@ def test_digest_is_order_independent_and_value_sensitive() -> None:
     assert digest({"a": 1, "b": [1, 2]}) != digest({"a": 1, "b": [2, 1]})
     with pytest.raises(rfc8785.CanonicalizationError):
         canonical(float("nan"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_json, min_size=1, max_size=4))
+def test_digest_of_each_value_is_its_canonical_hash_whatever_came_before(values: Any) -> None:
+    # digest() remembers small values it has seen: asking again, or asking for a value that
+    # orjson might confuse with an earlier one, must still give that value's own hash
+    for value in [*values, *values]:
+        assert digest(value) == hashlib.sha256(rfc8785.dumps(value)).hexdigest()
+
+
+def test_digest_tells_apart_what_orjson_writes_alike() -> None:
+    assert digest({"t": 1.0}) != digest({"t": 1.5})
+    assert digest({"t": 1.0}) == digest({"t": 1})  # RFC 8785 writes both as 1
+    digest({"t": None})  # orjson writes NaN as null: a cached null must not stand for NaN
+    with pytest.raises(rfc8785.CanonicalizationError):
+        digest({"t": float("nan")})

@@ -91,7 +91,7 @@ def message_texts(messages: Any) -> list[str]:
 
 def _decided(ex: Exchange, outcome: Outcome) -> None:
     """Put a stage's decisions on the exchange: rows for the record, views for the answer."""
-    ex.decisions.extend(d.row() for d in outcome.decisions)
+    ex.decisions.extend(d.row(ex.id) for d in outcome.decisions)
     ex.policy_view.extend(d.public() for d in outcome.decisions)
 
 

@@ -72,7 +72,7 @@ class Exchange:
     upstream_latency_ms: float | None = None
     # lineage filled by the RAG, registry and policy stages (empty for a plain proxy route)
     retrievals: list[dict[str, Any]] = field(default_factory=list)
-    decisions: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # rows with the record id
     policy_view: list[dict[str, Any]] = field(default_factory=list)  # provenance.policies
     model_snapshot_id: uuid.UUID | None = None
     model_snapshot_sha256: str | None = None
@@ -175,7 +175,7 @@ class Exchange:
             leaf.record_document(
                 row,
                 retrievals=self._lineage(self.retrievals),
-                decisions=self._lineage(self.decisions),
+                decisions=self.decisions,
                 snapshot_sha256=self.model_snapshot_sha256,
             )
         )
@@ -200,7 +200,7 @@ class Exchange:
         if self.retrievals:
             rows[Retrieval.__table__] = self._lineage(self.retrievals)
         if self.decisions:
-            rows[PolicyDecision.__table__] = self._lineage(self.decisions)
+            rows[PolicyDecision.__table__] = self.decisions
         return rows
 
 

@@ -110,9 +110,14 @@ class Decision:
     row_base: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     public_base: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    def row(self) -> dict[str, Any]:
-        """The ``policy_decisions`` row (without record id)."""
-        return {**self.row_base, "outcome": self.outcome, "detail": self.detail}
+    def row(self, record_id: Any) -> dict[str, Any]:
+        """The ``policy_decisions`` row of this decision about record ``record_id``."""
+        return {
+            **self.row_base,
+            "record_id": record_id,
+            "outcome": self.outcome,
+            "detail": self.detail,
+        }
 
     def public(self) -> dict[str, Any]:
         """The decision as ``provenance.policies`` shows it."""
@@ -378,6 +383,40 @@ def _redactor(detectors: Sequence[pii.Detector], memo: pii.Memo) -> Callable[[st
     return redact
 
 
+_MODE_RANK = {"full": 0, "redacted": 1, "hash_only": 2}
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """The policies that apply to one route, route kind and tenant, by stage, and what they
+    settle for every answer there: the storage mode (the strictest content_mode), its
+    redactors, the retention class (the longest), whether a stream is held back."""
+
+    pre: list[_Compiled]
+    post: list[_Compiled]
+    mode: str
+    redactors: list[pii.Detector]
+    retention: tuple[str, int] | None
+    holds_stream: bool
+
+    @classmethod
+    def of(cls, hits: list[_Compiled]) -> _Scope:
+        pre = [c for c in hits if c.policy.stage is Stage.pre]
+        post = [c for c in hits if c.policy.stage is Stage.post]
+        modes = [(c, c.policy.check) for c in pre if isinstance(c.policy.check, ContentMode)]
+        mode = max((m.mode for _, m in modes), key=_MODE_RANK.__getitem__, default="full")
+        classes = [c.policy.check for c in pre if isinstance(c.policy.check, Retention)]
+        longest = max(classes, key=lambda r: r.days, default=None)
+        return cls(
+            pre,
+            post,
+            mode,
+            [c.redactor for c, _ in modes if c.redactor is not None],
+            None if longest is None else (longest.name, longest.days),
+            any(c.policy.action in (Action.block, Action.redact) for c in post),
+        )
+
+
 class Engine:
     """A compiled bundle. ``pre``/``post`` are pure and safe to call from any task."""
 
@@ -395,61 +434,44 @@ class Engine:
             )
             for p in bundle.policies
         ]
-        self._scope: dict[tuple[str, str, str], tuple[list[_Compiled], list[_Compiled]]] = {}
+        self._scopes: dict[tuple[str, str, str], _Scope] = {}
 
-    def _applicable(self, route: str, kind: str, tenant: str) -> tuple[list[_Compiled], ...]:
+    def _scope(self, route: str, kind: str, tenant: str) -> _Scope:
+        """What applies to a route, route kind and tenant, worked out once per triple."""
         key = (route, kind, tenant)
-        found = self._scope.get(key)
+        found = self._scopes.get(key)
         if found is None:
-            hits = [c for c in self._compiled if c.policy.applies_to.matches(route, kind, tenant)]
-            found = (
-                [c for c in hits if c.policy.stage is Stage.pre],
-                [c for c in hits if c.policy.stage is Stage.post],
+            found = _Scope.of(
+                [c for c in self._compiled if c.policy.applies_to.matches(route, kind, tenant)]
             )
-            if len(self._scope) < 10_000:
-                self._scope[key] = found
+            if len(self._scopes) < 10_000:
+                self._scopes[key] = found
         return found
 
     def pre(self, facts: Facts) -> Outcome:
         """Decisions before the upstream is called (request, route, model)."""
-        return self._run(self._applicable(facts.route, facts.route_kind, facts.tenant)[0], facts)
+        return self._run(self._scope(facts.route, facts.route_kind, facts.tenant).pre, facts)
 
     def post(self, facts: Facts) -> Outcome:
         """Decisions about the answer and its sources."""
-        return self._run(self._applicable(facts.route, facts.route_kind, facts.tenant)[1], facts)
+        return self._run(self._scope(facts.route, facts.route_kind, facts.tenant).post, facts)
 
     def buffers_stream(self, route: str, kind: str, tenant: str) -> bool:
         """Whether a streamed answer must be held back until post-stage policies have run
         (some may block or redact it)."""
-        post = self._applicable(route, kind, tenant)[1]
-        return any(c.policy.action in (Action.block, Action.redact) for c in post)
+        return self._scope(route, kind, tenant).holds_stream
 
     def storage(self, route: str, kind: str, tenant: str, memo: pii.Memo | None = None) -> Storage:
         """The content mode in force: the strictest of the applicable content_mode policies
         (``memo``: the answer's scans, shared with its PII checks)."""
-        modes = [
-            c
-            for c in self._applicable(route, kind, tenant)[0]
-            if isinstance(c.policy.check, ContentMode)
-        ]
-        if not modes:
-            return Storage()
-        rank = {"full": 0, "redacted": 1, "hash_only": 2}
-        strictest = max(modes, key=lambda c: rank[c.policy.check.mode])  # type: ignore[union-attr]
-        mode: str = strictest.policy.check.mode  # type: ignore[union-attr]
-        detectors = [c.redactor for c in modes if c.redactor is not None]
-        redact = _redactor(detectors, {} if memo is None else memo)
-        return Storage(mode, redact if mode == "redacted" else None)
+        scope = self._scope(route, kind, tenant)
+        if scope.mode != "redacted":
+            return Storage(scope.mode)
+        return Storage(scope.mode, _redactor(scope.redactors, {} if memo is None else memo))
 
     def retention(self, route: str, kind: str, tenant: str) -> tuple[str, int] | None:
         """The retention class in force (name, days): the longest applicable one."""
-        classes = [
-            c.policy.check
-            for c in self._applicable(route, kind, tenant)[0]
-            if isinstance(c.policy.check, Retention)
-        ]
-        longest = max(classes, key=lambda r: r.days, default=None)
-        return None if longest is None else (longest.name, longest.days)
+        return self._scope(route, kind, tenant).retention
 
     def _run(self, compiled: list[_Compiled], facts: Facts) -> Outcome:
         decisions: list[Decision] = []

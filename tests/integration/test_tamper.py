@@ -138,8 +138,8 @@ def _fill(url: str, engine: Engine, tmp_path: Path) -> Store:
                     for r in range(3)
                 ]  # fmt: skip
                 ex.decisions = [
-                    {"policy_id": "require-citations", "stage": "post", "policy_sha256": "a" * 64,
-                     "outcome": "pass", "detail": {"cited": 1}}
+                    {"record_id": ex.id, "policy_id": "require-citations", "stage": "post",
+                     "policy_sha256": "a" * 64, "outcome": "pass", "detail": {"cited": 1}}
                 ]  # fmt: skip
             if i == 8:
                 model = ex.id

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, text
+from sqlalchemy import Connection, Dialect, Engine, Table, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.errors import StoreUnavailable
@@ -57,6 +57,7 @@ class AuditWriter:
         self._thread: threading.Thread | None = None
         self._on_batch = on_batch
         self._conn: Connection | None = None  # owned by the writer thread
+        self._inserts = _Inserts(engine.dialect)
         self.healthy = False
         self.batches = 0
         self.rows_committed = 0
@@ -184,7 +185,7 @@ class AuditWriter:
             with conn.begin():
                 # parents before children: tables sorted by foreign-key depth
                 for table in sorted(merged, key=_depth):
-                    conn.execute(table.insert(), merged[table])
+                    self._inserts.of(table).run(conn, merged[table])
         except Exception:
             self._conn = None
             with contextlib.suppress(Exception):
@@ -219,6 +220,64 @@ def _resolve(futures: list[asyncio.Future[int]], error: BaseException | None, si
                 fut.set_result(size)
             else:
                 fut.set_exception(error)
+
+
+class _Insert:
+    """One table's INSERT as the driver takes it, with each column's bind processor and
+    Python-side default: a batch goes to the driver's executemany without SQLAlchemy's
+    per-execution parameter processing (~1 us per row per table; an answer under a policy
+    bundle writes a dozen rows)."""
+
+    def __init__(self, table: Table, dialect: Dialect) -> None:
+        compiled = table.insert().compile(dialect=dialect)
+        self.sql = compiled.string
+        names = compiled.positiontup or list(compiled.binds)
+        self.positional = compiled.positiontup is not None
+        self.columns: list[tuple[str, str, Callable[[Any], Any] | None, Any]] = []
+        for name in names:
+            column = table.c[compiled.binds[name].key]
+            default = column.default
+            self.columns.append(
+                (
+                    column.key,
+                    name,
+                    column.type.dialect_impl(dialect).bind_processor(dialect),
+                    getattr(default, "arg", None) if getattr(default, "is_scalar", False) else None,
+                )
+            )
+
+    def run(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        if self.positional:
+            params: list[Any] = [
+                tuple(
+                    (v if proc is None or v is None else proc(v))
+                    for key, _, proc, dflt in self.columns
+                    for v in (row.get(key, dflt),)
+                )
+                for row in rows
+            ]
+        else:
+            params = [
+                {
+                    name: (v if proc is None or v is None else proc(v))
+                    for key, name, proc, dflt in self.columns
+                    for v in (row.get(key, dflt),)
+                }
+                for row in rows
+            ]
+        conn.exec_driver_sql(self.sql, params)
+
+
+class _Inserts(dict[Table, _Insert]):
+    def __init__(self, dialect: Dialect) -> None:
+        super().__init__()
+        self._dialect = dialect
+
+    def of(self, table: Table) -> _Insert:
+        found = self.get(table)
+        if found is None:
+            found = self[table] = _Insert(table, self._dialect)
+        return found
 
 
 def _depth(table: Table) -> int:

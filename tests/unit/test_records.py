@@ -11,7 +11,13 @@ from service.errors import InvalidRequest
 from service.gateway.requests import check_chat_request
 from service.gateway.streaming import StreamAccumulator
 from service.lineage.models import RecordStatus
-from service.lineage.records import Exchange, answer_text, parse_traceparent, prompt_text
+from service.lineage.records import (
+    Exchange,
+    answer_text,
+    parse_traceparent,
+    prompt_text,
+    redact_json,
+)
 from service.tenancy.auth import Principal
 from service.tenancy.models import Role
 
@@ -153,3 +159,28 @@ def test_a_nul_in_the_request_body_is_refused() -> None:
 
     with pytest.raises(InvalidRequest, match="NUL"):
         asyncio.run(read_json_body(receive, None, 10_000))
+
+
+def test_redact_json_redacts_every_string_at_any_depth_and_nothing_else() -> None:
+    class Text(str):
+        pass
+
+    class Items(list):  # type: ignore[type-arg]
+        pass
+
+    value = {
+        "role": "user",
+        "n": [1, 2.5, True, None, {"deep": ["mail a@b.co", Text("sub")]}],
+        "items": Items(["x", Text("y")]),
+        "sub": Text("z"),
+    }
+    before = repr(value)
+    out = redact_json(value, str.upper)
+    assert out == {
+        "role": "USER",
+        "n": [1, 2.5, True, None, {"deep": ["MAIL A@B.CO", "SUB"]}],
+        "items": ["X", "Y"],
+        "sub": "Z",
+    }
+    assert repr(value) == before  # a copy: the request the upstream sees is untouched
+    assert redact_json(Text("top"), str.upper) == "TOP" and redact_json(7, str.upper) == 7

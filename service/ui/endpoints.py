@@ -216,7 +216,9 @@ def answers(
 
     def build() -> dict[str, Any]:
         flt = pages.AnswerFilter(_when(start), _when(end), route, status, user, q)
-        return {**pages.answers(session, principal=who[0], flt=flt, cursor=cursor), "form": form}
+        routes = list(request.app.state.pipeline.routes)
+        page = pages.answers(session, principal=who[0], flt=flt, cursor=cursor, routes=routes)
+        return {**page, "form": form}
 
     return _page(request, who, "answers.html", build)
 

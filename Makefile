@@ -7,7 +7,7 @@ TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test install lint typecheck migrations-check bench clean system-deps browser
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py service/integrity/_leafscan.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .

@@ -9,6 +9,11 @@ edited); every record must have a log entry (or still be pending within the maxi
 and inside one checkpoint's range entries must be in ascending id order, the order the sealer
 writes them in (so a swap names its entries). The same code runs on a live database and on an
 evidence pack, which is a SQLite database with the same tables.
+
+On a file-backed SQLite store (the embedded default, evidence packs) the walk over the entries
+runs natively (``leafscan``, a C extension) and every entry it does not confirm is checked here by
+the same per-entry code, so the findings do not depend on which walk ran. PostgreSQL stores, and
+installs built without a C compiler, take the Python walk.
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import ColumnElement, Connection, Engine, select
 
 from service.db.base import utcnow
 from service.documents.models import Chunk
-from service.integrity import leaf, merkle
+from service.integrity import leaf, leafscan, merkle
 from service.integrity.canonical import digest
 from service.integrity.log import tree_size
 from service.integrity.models import Checkpoint, LogEntry, LogPending, SigningKey
@@ -32,6 +37,7 @@ from service.lineage.models import AdminEvent, AuditRecord, PolicyDecision, Retr
 from service.provenance.models import ModelSnapshot
 
 _CHUNK = 20_000
+_RECHECK_BATCH = 500  # log indexes per query when re-checking what the native scan left
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class Report:
     latest_checkpoint: int = 0
     unsigned_tail: int = 0
     pending: int = 0
+    natively_confirmed: int = 0  # entries the native scan confirmed (leafscan); 0 in Python
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -68,10 +75,12 @@ def verify(
     publics: dict[str, bytes] | None = None,
     max_merge_delay_s: float = 60.0,
     progress: Callable[[int, int], None] | None = None,
+    native: bool = True,
 ) -> Report:
     """Verify the log in ``engine``'s database. ``publics`` (kid → raw Ed25519 key) are the
     keys to trust; by default the ``signing_keys`` table's (pass them explicitly to verify
-    without trusting the database, e.g. from a JWKS fetched earlier)."""
+    without trusting the database, e.g. from a JWKS fetched earlier). ``native``: walk an SQLite
+    store with the C scan when it is built (``leafscan``); the result is the same either way."""
     report = Report()
     with engine.connect() as conn:
         if publics is None:
@@ -80,7 +89,7 @@ def verify(
                 for kid, pk in conn.execute(select(SigningKey.kid, SigningKey.public_key))
             }
         signed = _checkpoints(conn, origin, list(publics.values()), report)
-        report.tree_size = _scan(conn, signed, report, progress)
+        report.tree_size = _scan(conn, signed, report, progress, native)
         _unlogged(conn, report, max_merge_delay_s)
         _chunks(conn, report)
     report.latest_checkpoint = max(signed, default=0)
@@ -131,23 +140,47 @@ def _grouped(rows: Iterator[Any]) -> Iterator[tuple[int, list[Any]]]:
 
 
 class _Lineage:
-    """Lineage rows of the records in one index range, by log index."""
+    """Lineage rows of the records whose log entries match ``where``, by log index."""
 
-    def __init__(self, conn: Connection, lo: int, hi: int) -> None:
-        self.retrievals = self._by_index(conn, Retrieval, lo, hi)
-        self.decisions = self._by_index(conn, PolicyDecision, lo, hi)
+    def __init__(self, conn: Connection, *where: ColumnElement[bool]) -> None:
+        self.retrievals = self._by_index(conn, Retrieval, where)
+        self.decisions = self._by_index(conn, PolicyDecision, where)
 
     @staticmethod
     def _by_index(
-        conn: Connection, table: type[Retrieval] | type[PolicyDecision], lo: int, hi: int
+        conn: Connection,
+        table: type[Retrieval] | type[PolicyDecision],
+        where: tuple[ColumnElement[bool], ...],
     ) -> dict[int, list[Any]]:
         rows = conn.execute(
             select(LogEntry.idx, table)
             .join(table, table.record_id == LogEntry.entry_id)
-            .where(LogEntry.idx >= lo, LogEntry.idx < hi)
+            .where(*where)
             .order_by(LogEntry.idx)
         )
         return dict(_grouped(iter(rows)))
+
+
+def _entries(conn: Connection, *where: ColumnElement[bool]) -> Iterator[Any]:
+    """Log entries matching ``where`` in index order, each with its record's or event's row."""
+    rec_cols = [c for c in AuditRecord.__table__.c]
+    ev_cols = [c.label(f"ev_{c.name}") for c in AdminEvent.__table__.c]
+    return iter(
+        conn.execute(
+            select(
+                LogEntry.idx,
+                LogEntry.kind,
+                LogEntry.entry_id,
+                LogEntry.leaf_sha256,
+                *rec_cols,
+                *ev_cols,
+            )
+            .outerjoin(AuditRecord, AuditRecord.id == LogEntry.entry_id)
+            .outerjoin(AdminEvent, AdminEvent.id == LogEntry.entry_id)
+            .where(*where)
+            .order_by(LogEntry.idx)
+        )
+    )
 
 
 def _snapshots(conn: Connection, report: Report) -> dict[Any, str]:
@@ -200,87 +233,129 @@ def _scan(
     signed: dict[int, bytes],
     report: Report,
     progress: Callable[[int, int], None] | None,
+    native: bool,
 ) -> int:
-    """Walk the log in index order; returns its size."""
+    """Walk the log in index order, natively where it can (``leafscan``); returns its size."""
     snapshots = _snapshots(conn, report)
     total = tree_size(conn)
-    rng = merkle.CompactRange()
     bounds = sorted(signed)
+    found = None
+    if native:
+        found = leafscan.scan(
+            conn.engine, total=total, bounds=bounds, snapshots=snapshots, progress=progress
+        )
+    if found is None:
+        size, reached = _walk(conn, signed, bounds, snapshots, total, report, progress)
+    else:
+        size, reached = _native(conn, found, signed, snapshots, report)
+    for bound in bounds[reached:]:
+        report.problems.append(
+            Problem("deleted", f"checkpoint {bound} signs more entries than the log holds ({size})")
+        )
+    return size
+
+
+def _walk(
+    conn: Connection,
+    signed: dict[int, bytes],
+    bounds: list[int],
+    snapshots: dict[Any, str],
+    total: int,
+    report: Report,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[int, int]:
+    """The Python walk: (tree size, checkpoints reached)."""
+    rng = merkle.CompactRange()
     next_bound = 0
     range_start = 0
     last_id: Any = None
-    rec_cols = [c for c in AuditRecord.__table__.c]
-    ev_cols = [c.label(f"ev_{c.name}") for c in AdminEvent.__table__.c]
     expected = 0
     for lo in range(0, max(total, 1), _CHUNK):
         hi = lo + _CHUNK
-        lineage = _Lineage(conn, lo, hi)
-        rows = conn.execute(
-            select(
-                LogEntry.idx,
-                LogEntry.kind,
-                LogEntry.entry_id,
-                LogEntry.leaf_sha256,
-                *rec_cols,
-                *ev_cols,
-            )
-            .outerjoin(AuditRecord, AuditRecord.id == LogEntry.entry_id)
-            .outerjoin(AdminEvent, AdminEvent.id == LogEntry.entry_id)
-            .where(LogEntry.idx >= lo, LogEntry.idx < hi)
-            .order_by(LogEntry.idx)
-        )
-        for row in rows:
-            m = row._mapping
-            idx, kind, entry_id, stored = row[0], row[1], row[2], row[3]
+        where = (LogEntry.idx >= lo, LogEntry.idx < hi)
+        lineage = _Lineage(conn, *where)
+        for row in _entries(conn, *where):
+            idx, entry_id, stored = row[0], row[2], row[3]
             if idx != expected:
-                report.problems.append(
-                    Problem(
-                        "deleted", f"log indexes {expected}..{idx - 1} are missing", index=expected
-                    )
-                )
+                report.problems.append(_gap(expected, idx))
                 expected = idx
             expected += 1
             report.entries += 1
-            if kind == leaf.RECORD:
-                problem = _check_record(m, lineage, snapshots, idx, stored)
-            else:
-                problem = _check_event(m, stored)
+            problem = _check_entry(row, lineage, snapshots)
             if problem is not None:
-                report.problems.append(Problem(problem[0], problem[1], str(entry_id), idx))
+                report.problems.append(problem)
             if last_id is not None and idx > range_start and entry_id.bytes <= last_id.bytes:
-                report.problems.append(
-                    Problem(
-                        "reordered",
-                        f"entry {entry_id} at index {idx} is out of the sealer's order "
-                        f"(after {last_id})",
-                        str(entry_id),
-                        idx,
-                    )
-                )
+                report.problems.append(_reordered(idx, entry_id, last_id))
             last_id = entry_id
             rng.append(bytes.fromhex(stored))
             if next_bound < len(bounds) and rng.size == bounds[next_bound]:
-                if rng.root() != signed[rng.size]:
-                    report.problems.append(
-                        Problem(
-                            "checkpoint",
-                            f"the log's entries {range_start}..{rng.size - 1} do not reproduce "
-                            f"the signed root of checkpoint {rng.size}",
-                            index=range_start,
-                        )
-                    )
+                root = rng.root()
+                if root != signed[rng.size]:
+                    report.problems.append(_unreproduced(range_start, rng.size))
                 range_start = rng.size
                 last_id = None
                 next_bound += 1
         if progress is not None:
             progress(min(hi, total), total)
-    for size in bounds[next_bound:]:
-        report.problems.append(
-            Problem(
-                "deleted", f"checkpoint {size} signs more entries than the log holds ({rng.size})"
-            )
-        )
-    return rng.size
+    return rng.size, next_bound
+
+
+def _native(
+    conn: Connection,
+    found: leafscan.Findings,
+    signed: dict[int, bytes],
+    snapshots: dict[Any, str],
+    report: Report,
+) -> tuple[int, int]:
+    """The native scan's findings as problems, the entries it did not confirm checked here:
+    (tree size, checkpoints reached)."""
+    report.entries += found.size
+    report.natively_confirmed = found.confirmed
+    report.problems.extend(_gap(expected, idx) for expected, idx in found.gaps)
+    for start in range(0, len(found.recheck), _RECHECK_BATCH):
+        where = LogEntry.idx.in_(found.recheck[start : start + _RECHECK_BATCH])
+        lineage = _Lineage(conn, where)
+        for row in _entries(conn, where):
+            problem = _check_entry(row, lineage, snapshots)
+            if problem is not None:
+                report.problems.append(problem)
+    report.problems.extend(_reordered(*r) for r in found.reordered)
+    for size, root, range_start in found.roots:
+        if root != signed[size]:
+            report.problems.append(_unreproduced(range_start, size))
+    return found.size, len(found.roots)
+
+
+def _gap(expected: int, idx: int) -> Problem:
+    return Problem("deleted", f"log indexes {expected}..{idx - 1} are missing", index=expected)
+
+
+def _reordered(idx: int, entry_id: Any, last_id: Any) -> Problem:
+    return Problem(
+        "reordered",
+        f"entry {entry_id} at index {idx} is out of the sealer's order (after {last_id})",
+        str(entry_id),
+        idx,
+    )
+
+
+def _unreproduced(range_start: int, size: int) -> Problem:
+    return Problem(
+        "checkpoint",
+        f"the log's entries {range_start}..{size - 1} do not reproduce the signed root of "
+        f"checkpoint {size}",
+        index=range_start,
+    )
+
+
+def _check_entry(row: Any, lineage: _Lineage, snapshots: dict[Any, str]) -> Problem | None:
+    """The problem with one log entry's record or event, if any."""
+    m, idx, kind, entry_id, stored = row._mapping, row[0], row[1], row[2], row[3]
+    if kind == leaf.RECORD:
+        problem = _check_record(m, lineage, snapshots, idx, stored)
+    else:
+        problem = _check_event(m, stored)
+    return None if problem is None else Problem(problem[0], problem[1], str(entry_id), idx)
 
 
 def _check_record(

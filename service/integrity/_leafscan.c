@@ -1,0 +1,1506 @@
+/* _leafscan: the per-entry loop of `provenant verify` over an SQLite store, in C.
+ *
+ * Why it exists: a verifier must read every logged row, rebuild its leaf and hash it. In Python
+ * that costs ~30 µs a record (and reading the rows through the sqlite3 driver alone costs more
+ * than hashing them), so a million records took minutes. Here the same work is done over the
+ * database file directly, through libsqlite3 and OpenSSL's SHA-256.
+ *
+ * What it is: the second implementation of the leaf described in service/integrity/leaf.py
+ * (read that docstring first; this file follows it and canonical.py, and names where it must
+ * agree with orjson, rfc8785 or SQLAlchemy's storage of a type). It is never the judge: an entry
+ * is "confirmed" only when the leaf rebuilt here equals the stored leaf and its content hashes
+ * check. Anything else - a mismatch, or a value this code is not certain to canonicalize exactly
+ * as Python does (an unusual type in a column, a JSON number outside the plain range, a
+ * non-ASCII object key, an unknown schema version...) - is handed back by log index and
+ * re-checked by the Python verifier, which alone names problems. So the native path can only
+ * be faster, never less strict.
+ *
+ * scan(path, total, bounds, snapshots, progress) walks log_entries with index 0 <= idx < total,
+ * joined with audit_records / admin_events, with retrievals and policy_decisions merged in by
+ * index, in one read transaction, and returns
+ *   (size, confirmed, gaps, roots, reordered, recheck)
+ * where size is the number of entries read (the tree size), gaps lists (expected, found) index
+ * pairs, roots lists (tree size, root, range start) at each of the sorted checkpoint sizes
+ * reached, reordered lists (idx, entry id, previous id) within one checkpoint's range, and
+ * recheck the indexes of entries not confirmed. It raises Unsupported when the store itself is
+ * not what it expects (a file it cannot open, a missing column, a log index or entry id of an
+ * unexpected type): the caller then runs the Python verifier instead.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <sqlite3.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------------------------ */
+/* Outcomes. Every step returns one: OK, UNSURE (hand this entry to Python) or ERROR (a Python  */
+/* exception is set: out of memory, or the progress callback raised).                          */
+
+typedef enum { ST_OK = 0, ST_UNSURE = 1, ST_ERROR = 2 } Status;
+
+#define TRY(expr)                      \
+    do {                               \
+        Status st_ = (expr);           \
+        if (st_ != ST_OK) return st_;  \
+    } while (0)
+
+static PyObject *Unsupported; /* _leafscan.Unsupported: run the Python verifier instead */
+
+/* ------------------------------------------------------------------------------------------ */
+/* A growable byte buffer with a hard ceiling: no leaf document, decoded JSON value or          */
+/* canonical form may exceed it (one that would is handed to Python, which has no such limit). */
+
+#define BUF_LIMIT ((size_t)64 << 20)
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} Buf;
+
+static Status buf_reserve(Buf *b, size_t extra) {
+    if (extra > BUF_LIMIT || b->len > BUF_LIMIT - extra) return ST_UNSURE;
+    size_t need = b->len + extra;
+    if (need <= b->cap) return ST_OK;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < need) cap *= 2;
+    char *data = realloc(b->data, cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return ST_ERROR;
+    }
+    b->data = data;
+    b->cap = cap;
+    return ST_OK;
+}
+
+static Status buf_put(Buf *b, const void *p, size_t n) {
+    TRY(buf_reserve(b, n));
+    if (n) memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return ST_OK;
+}
+
+static Status buf_puts(Buf *b, const char *s) { return buf_put(b, s, strlen(s)); }
+
+static Status buf_putc(Buf *b, char c) { return buf_put(b, &c, 1); }
+
+/* ------------------------------------------------------------------------------------------ */
+/* SHA-256 through one reused EVP context (allocating one per hash would cost more than the    */
+/* hashing of a short field).                                                                  */
+
+typedef struct {
+    EVP_MD_CTX *ctx;
+    const EVP_MD *md;
+} Hasher;
+
+static Status sha256_parts(Hasher *h, const void *a, size_t an, const void *b, size_t bn,
+                           unsigned char out[32]) {
+    unsigned int len = 0;
+    if (!EVP_DigestInit_ex(h->ctx, h->md, NULL) || !EVP_DigestUpdate(h->ctx, a, an) ||
+        (bn && !EVP_DigestUpdate(h->ctx, b, bn)) || !EVP_DigestFinal_ex(h->ctx, out, &len) ||
+        len != 32) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL SHA-256 failed");
+        return ST_ERROR;
+    }
+    return ST_OK;
+}
+
+static const char HEX[] = "0123456789abcdef";
+
+static void to_hex(const unsigned char *in, size_t n, char *out) {
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = HEX[in[i] >> 4];
+        out[2 * i + 1] = HEX[in[i] & 15];
+    }
+}
+
+static int hex_value(unsigned char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Hex text of exactly 2 * n digits (either case, as bytes.fromhex and uuid.UUID accept) into
+ * n bytes; 0 if it is anything else. */
+static int from_hex(const unsigned char *s, size_t slen, unsigned char *out, size_t n) {
+    if (s == NULL || slen != 2 * n) return 0;
+    for (size_t i = 0; i < n; i++) {
+        int hi = hex_value(s[2 * i]), lo = hex_value(s[2 * i + 1]);
+        if (hi < 0 || lo < 0) return 0;
+        out[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* UTF-8: Python's sqlite3 driver decodes text strictly, so text that is not strict UTF-8     */
+/* (overlong forms, surrogates, beyond U+10FFFF) is handed to Python, which will refuse it.    */
+
+static int utf8_valid(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        /* ASCII runs, eight bytes at a time: most of what an audit log holds */
+        while (i + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (w & 0x8080808080808080ULL) break;
+            i += 8;
+        }
+        if (i >= n) break;
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t len;
+        uint32_t cp;
+        if (c >= 0xC2 && c <= 0xDF) {
+            len = 2;
+            cp = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            len = 3;
+            cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4;
+            cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (i + len > n) return 0;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return 0;
+            cp = cp << 6 | (s[i + k] & 0x3F);
+        }
+        if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+            (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
+/* A JSON string as orjson (and rfc8785, identically) writes it: '"' and '\' escaped, the
+ * control characters below U+0020 as \b \t \n \f \r or \u00xx, everything else raw UTF-8. */
+static Status put_json_string(Buf *b, const unsigned char *s, size_t n) {
+    TRY(buf_reserve(b, n + 2));
+    TRY(buf_putc(b, '"'));
+    size_t run = 0; /* start of the current stretch of bytes copied as they are */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        TRY(buf_put(b, s + run, i - run));
+        run = i + 1;
+        char esc[7] = {'\\', 0, 0, 0, 0, 0, 0};
+        size_t elen = 2;
+        switch (c) {
+            case '"': esc[1] = '"'; break;
+            case '\\': esc[1] = '\\'; break;
+            case '\b': esc[1] = 'b'; break;
+            case '\t': esc[1] = 't'; break;
+            case '\n': esc[1] = 'n'; break;
+            case '\f': esc[1] = 'f'; break;
+            case '\r': esc[1] = 'r'; break;
+            default:
+                memcpy(esc + 1, "u00", 3);
+                esc[4] = HEX[c >> 4];
+                esc[5] = HEX[c & 15];
+                elen = 6;
+        }
+        TRY(buf_put(b, esc, elen));
+    }
+    TRY(buf_put(b, s + run, n - run));
+    return buf_putc(b, '"');
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Numbers. Three spellings of a double are needed, all from the same shortest round-trip      */
+/* digits that Python's repr() finds (PyOS_double_to_string, mode 'r'; rfc8785 itself starts  */
+/* from str(float), and orjson's digits agree, which tests/unit/test_leafscan.py checks):      */
+/*   REPR   - repr(float), how leaf.py writes latency_ms, upstream_latency_ms and score;       */
+/*   ORJSON - orjson.dumps(float), how choices_text() writes the choices' numbers;              */
+/*   JCS    - RFC 8785 (ECMAScript Number::toString), how digest() writes JSON fields.         */
+
+typedef enum { NUM_REPR, NUM_ORJSON, NUM_JCS } NumStyle;
+
+#define MAX_SAFE_INT 9007199254740991LL /* 2**53 - 1: canonical.py's fast domain, I-JSON's */
+
+static Status put_int(Buf *b, long long v) {
+    char tmp[32];
+    int n = snprintf(tmp, sizeof tmp, "%lld", v);
+    return buf_put(b, tmp, (size_t)n);
+}
+
+/* The shortest digits of a positive finite double and its decimal point position: v equals
+ * 0.DIGITS x 10**decpt. */
+static Status shortest_digits(double v, char digits[24], int *ndigits, int *decpt) {
+    char *r = PyOS_double_to_string(v, 'r', 0, 0, NULL);
+    if (r == NULL) return ST_ERROR;
+    int n = 0, intlen = -1, exp10 = 0;
+    const char *p = r;
+    for (; *p && *p != 'e'; p++) {
+        if (*p == '.') {
+            intlen = n;
+        } else if (n < 23) {
+            digits[n++] = *p;
+        }
+    }
+    if (*p == 'e') exp10 = atoi(p + 1);
+    PyMem_Free(r);
+    if (n == 0 || n >= 23) return ST_UNSURE;
+    if (intlen < 0) intlen = n;
+    int lead = 0;
+    while (lead < n - 1 && digits[lead] == '0') lead++;
+    memmove(digits, digits + lead, (size_t)(n - lead));
+    n -= lead;
+    while (n > 1 && digits[n - 1] == '0') n--;
+    digits[n] = 0;
+    *ndigits = n;
+    *decpt = intlen - lead + exp10;
+    return ST_OK;
+}
+
+static Status put_double(Buf *b, double v, NumStyle style) {
+    if (!isfinite(v)) return ST_UNSURE; /* repr gives 'inf'; JSON has none: leave it to Python */
+    if (style == NUM_REPR) {
+        char *r = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+        if (r == NULL) return ST_ERROR;
+        Status st = buf_puts(b, r);
+        PyMem_Free(r);
+        return st;
+    }
+    if (v == 0) return buf_puts(b, style == NUM_JCS ? "0" : (signbit(v) ? "-0.0" : "0.0"));
+    if (v < 0) TRY(buf_putc(b, '-'));
+    char d[24];
+    int k, n;
+    TRY(shortest_digits(fabs(v), d, &k, &n));
+    /* fixed notation for 10**-6 < |v| < 10**21 (ECMAScript); orjson: 10**-5 <= |v| < 10**16 */
+    int lowest = style == NUM_JCS ? -6 : -5, highest = style == NUM_JCS ? 21 : 16;
+    if (k <= n && n <= highest) { /* an integer: digits, zeros ("1e2" -> 100 / 100.0) */
+        TRY(buf_put(b, d, (size_t)k));
+        for (int i = k; i < n; i++) TRY(buf_putc(b, '0'));
+        return style == NUM_ORJSON ? buf_puts(b, ".0") : ST_OK;
+    }
+    if (0 < n && n <= highest) { /* digits with a decimal point inside */
+        TRY(buf_put(b, d, (size_t)n));
+        TRY(buf_putc(b, '.'));
+        return buf_put(b, d + n, (size_t)(k - n));
+    }
+    if (lowest < n && n <= 0) { /* 0.000ddd */
+        TRY(buf_puts(b, "0."));
+        for (int i = n; i < 0; i++) TRY(buf_putc(b, '0'));
+        return buf_put(b, d, (size_t)k);
+    }
+    TRY(buf_putc(b, d[0])); /* d.ddde+x */
+    if (k > 1) {
+        TRY(buf_putc(b, '.'));
+        TRY(buf_put(b, d + 1, (size_t)(k - 1)));
+    }
+    char e[16];
+    int elen = snprintf(e, sizeof e, "e%s%d", n - 1 > 0 ? "+" : "", n - 1);
+    return buf_put(b, e, (size_t)elen);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* JSON: the JSON columns (params, choices, retrievals.reported, policy_decisions.detail,    */
+/* admin_events.detail) are parsed into a flat tree and written back canonically, as Python   */
+/* does with orjson.loads then canonical() or orjson.dumps(OPT_SORT_KEYS). The parser is strict */
+/* RFC 8259; whatever it refuses, or cannot be sure orjson reads the same way (duplicate keys, */
+/* lone surrogate escapes, integers beyond 18 digits, nesting beyond MAX_DEPTH), is UNSURE.    */
+
+#define MAX_DEPTH 64
+
+typedef enum { J_NULL, J_TRUE, J_FALSE, J_INT, J_FLOAT, J_STRING, J_ARRAY, J_OBJECT } JType;
+
+typedef struct {
+    JType type;
+    size_t size;  /* nodes in this subtree, itself included (to step over it) */
+    size_t count; /* array items, or object members (each a key node then a value node) */
+    union {
+        long long i;
+        double d;
+        struct {
+            size_t off, len; /* decoded UTF-8 in Tree.strings */
+        } s;
+    } v;
+} JNode;
+
+typedef struct {
+    JNode *nodes;
+    size_t len, cap;
+    Buf strings;
+} Tree;
+
+typedef struct {
+    const unsigned char *p, *end;
+    Tree *t;
+} Parser;
+
+static Status tree_push(Tree *t, JType type, size_t *at) {
+    if (t->len == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 256;
+        if (cap > BUF_LIMIT / sizeof(JNode)) return ST_UNSURE;
+        JNode *nodes = realloc(t->nodes, cap * sizeof(JNode));
+        if (nodes == NULL) {
+            PyErr_NoMemory();
+            return ST_ERROR;
+        }
+        t->nodes = nodes;
+        t->cap = cap;
+    }
+    *at = t->len++;
+    memset(&t->nodes[*at], 0, sizeof(JNode));
+    t->nodes[*at].type = type;
+    t->nodes[*at].size = 1;
+    return ST_OK;
+}
+
+static void skip_ws(Parser *ps) {
+    while (ps->p < ps->end &&
+           (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
+        ps->p++;
+}
+
+static int read_hex4(Parser *ps, uint32_t *out) {
+    if (ps->end - ps->p < 4) return 0;
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = hex_value(ps->p[i]);
+        if (h < 0) return 0;
+        v = v << 4 | (uint32_t)h;
+    }
+    ps->p += 4;
+    *out = v;
+    return 1;
+}
+
+static Status put_utf8(Buf *b, uint32_t cp) {
+    unsigned char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (unsigned char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (unsigned char)(0xC0 | cp >> 6);
+        u[1] = (unsigned char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (unsigned char)(0xE0 | cp >> 12);
+        u[1] = (unsigned char)(0x80 | (cp >> 6 & 0x3F));
+        u[2] = (unsigned char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        u[0] = (unsigned char)(0xF0 | cp >> 18);
+        u[1] = (unsigned char)(0x80 | (cp >> 12 & 0x3F));
+        u[2] = (unsigned char)(0x80 | (cp >> 6 & 0x3F));
+        u[3] = (unsigned char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    return buf_put(b, u, n);
+}
+
+/* A string after its opening quote, decoded (escapes, including \uXXXX surrogate pairs as
+ * json.dumps(ensure_ascii=True) writes them) into raw UTF-8. The input was checked to be UTF-8. */
+static Status parse_string(Parser *ps, size_t at) {
+    Buf *out = &ps->t->strings;
+    size_t off = out->len;
+    for (;;) {
+        const unsigned char *run = ps->p;
+        while (ps->p < ps->end && *ps->p != '"' && *ps->p != '\\' && *ps->p >= 0x20) ps->p++;
+        TRY(buf_put(out, run, (size_t)(ps->p - run)));
+        if (ps->p >= ps->end || *ps->p < 0x20) return ST_UNSURE; /* unterminated, raw control */
+        if (*ps->p == '"') {
+            ps->p++;
+            break;
+        }
+        ps->p++; /* the backslash */
+        if (ps->p >= ps->end) return ST_UNSURE;
+        unsigned char e = *ps->p++;
+        uint32_t cp;
+        switch (e) {
+            case '"': case '\\': case '/': TRY(buf_putc(out, (char)e)); continue;
+            case 'b': TRY(buf_putc(out, '\b')); continue;
+            case 'f': TRY(buf_putc(out, '\f')); continue;
+            case 'n': TRY(buf_putc(out, '\n')); continue;
+            case 'r': TRY(buf_putc(out, '\r')); continue;
+            case 't': TRY(buf_putc(out, '\t')); continue;
+            case 'u': break;
+            default: return ST_UNSURE;
+        }
+        if (!read_hex4(ps, &cp)) return ST_UNSURE;
+        if (cp >= 0xDC00 && cp <= 0xDFFF) return ST_UNSURE; /* a lone low surrogate */
+        if (cp >= 0xD800 && cp <= 0xDBFF) {                /* must pair with a low one */
+            uint32_t lo;
+            if (ps->end - ps->p < 2 || ps->p[0] != '\\' || ps->p[1] != 'u') return ST_UNSURE;
+            ps->p += 2;
+            if (!read_hex4(ps, &lo) || lo < 0xDC00 || lo > 0xDFFF) return ST_UNSURE;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        }
+        TRY(put_utf8(out, cp));
+    }
+    ps->t->nodes[at].v.s.off = off;
+    ps->t->nodes[at].v.s.len = out->len - off;
+    return ST_OK;
+}
+
+static Status parse_number(Parser *ps, size_t *at) {
+    const unsigned char *start = ps->p;
+    int is_float = 0;
+    if (ps->p < ps->end && *ps->p == '-') ps->p++;
+    if (ps->p >= ps->end) return ST_UNSURE;
+    if (*ps->p == '0') {
+        ps->p++;
+    } else if (*ps->p >= '1' && *ps->p <= '9') {
+        while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') ps->p++;
+    } else {
+        return ST_UNSURE;
+    }
+    if (ps->p < ps->end && *ps->p == '.') {
+        is_float = 1;
+        ps->p++;
+        if (ps->p >= ps->end || *ps->p < '0' || *ps->p > '9') return ST_UNSURE;
+        while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') ps->p++;
+    }
+    if (ps->p < ps->end && (*ps->p == 'e' || *ps->p == 'E')) {
+        is_float = 1;
+        ps->p++;
+        if (ps->p < ps->end && (*ps->p == '+' || *ps->p == '-')) ps->p++;
+        if (ps->p >= ps->end || *ps->p < '0' || *ps->p > '9') return ST_UNSURE;
+        while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') ps->p++;
+    }
+    char tok[64];
+    size_t n = (size_t)(ps->p - start);
+    if (n >= sizeof tok) return ST_UNSURE;
+    memcpy(tok, start, n);
+    tok[n] = 0;
+    TRY(tree_push(ps->t, is_float ? J_FLOAT : J_INT, at));
+    JNode *node = &ps->t->nodes[*at];
+    if (!is_float) {
+        size_t digits = n - (tok[0] == '-');
+        if (digits > 18) return ST_UNSURE; /* orjson reads big integers as floats */
+        node->v.i = strtoll(tok, NULL, 10);
+        return ST_OK;
+    }
+    char *endp = NULL;
+    /* Python's own correctly rounded, locale-independent parser */
+    double d = PyOS_string_to_double(tok, &endp, NULL);
+    if (d == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return ST_UNSURE;
+    }
+    if (endp != tok + n || !isfinite(d)) return ST_UNSURE; /* orjson refuses infinities */
+    node->v.d = d;
+    return ST_OK;
+}
+
+static Status parse_value(Parser *ps, int depth);
+
+static Status parse_container(Parser *ps, int depth, int object) {
+    size_t at;
+    TRY(tree_push(ps->t, object ? J_OBJECT : J_ARRAY, &at));
+    ps->p++; /* the opening bracket */
+    skip_ws(ps);
+    char close = object ? '}' : ']';
+    size_t count = 0;
+    if (ps->p < ps->end && *ps->p == close) {
+        ps->p++;
+    } else {
+        for (;;) {
+            skip_ws(ps);
+            if (object) {
+                size_t key;
+                if (ps->p >= ps->end || *ps->p != '"') return ST_UNSURE;
+                ps->p++;
+                TRY(tree_push(ps->t, J_STRING, &key));
+                TRY(parse_string(ps, key));
+                skip_ws(ps);
+                if (ps->p >= ps->end || *ps->p != ':') return ST_UNSURE;
+                ps->p++;
+            }
+            TRY(parse_value(ps, depth + 1));
+            count++;
+            skip_ws(ps);
+            if (ps->p < ps->end && *ps->p == ',') {
+                ps->p++;
+                continue;
+            }
+            if (ps->p < ps->end && *ps->p == close) {
+                ps->p++;
+                break;
+            }
+            return ST_UNSURE;
+        }
+    }
+    ps->t->nodes[at].count = count;
+    ps->t->nodes[at].size = ps->t->len - at;
+    return ST_OK;
+}
+
+static Status parse_literal(Parser *ps, const char *word, JType type) {
+    size_t n = strlen(word), at;
+    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, word, n) != 0) return ST_UNSURE;
+    ps->p += n;
+    return tree_push(ps->t, type, &at);
+}
+
+static Status parse_value(Parser *ps, int depth) {
+    if (depth > MAX_DEPTH) return ST_UNSURE;
+    skip_ws(ps);
+    if (ps->p >= ps->end) return ST_UNSURE;
+    size_t at;
+    switch (*ps->p) {
+        case '{': return parse_container(ps, depth, 1);
+        case '[': return parse_container(ps, depth, 0);
+        case '"':
+            ps->p++;
+            TRY(tree_push(ps->t, J_STRING, &at));
+            return parse_string(ps, at);
+        case 't': return parse_literal(ps, "true", J_TRUE);
+        case 'f': return parse_literal(ps, "false", J_FALSE);
+        case 'n': return parse_literal(ps, "null", J_NULL);
+        default: return parse_number(ps, &at);
+    }
+}
+
+static Status parse_json(Tree *t, const unsigned char *s, size_t n) {
+    t->len = 0;
+    t->strings.len = 0;
+    Parser ps = {s, s + n, t};
+    TRY(parse_value(&ps, 0));
+    skip_ws(&ps);
+    return ps.p == ps.end ? ST_OK : ST_UNSURE;
+}
+
+static Tree *sort_tree; /* qsort has no context argument; the scan holds the GIL throughout */
+
+static int key_cmp(const void *a, const void *b) {
+    const JNode *ka = &sort_tree->nodes[*(const size_t *)a];
+    const JNode *kb = &sort_tree->nodes[*(const size_t *)b];
+    size_t n = ka->v.s.len < kb->v.s.len ? ka->v.s.len : kb->v.s.len;
+    int c = memcmp(sort_tree->strings.data + ka->v.s.off, sort_tree->strings.data + kb->v.s.off, n);
+    if (c) return c;
+    return ka->v.s.len < kb->v.s.len ? -1 : ka->v.s.len > kb->v.s.len;
+}
+
+static Status emit_node(Buf *out, Tree *t, size_t at, NumStyle style);
+
+/* An object with its keys in sorted order. Keys must be ASCII (rfc8785 sorts others by UTF-16
+ * code units, orjson by bytes: leave those to Python) and unique (orjson keeps the last). */
+static Status emit_object(Buf *out, Tree *t, size_t at, NumStyle style) {
+    size_t count = t->nodes[at].count, local[32];
+    size_t *keys = local; /* the key nodes, to sort; on the heap only for large objects */
+    if (count > sizeof local / sizeof *local) {
+        keys = malloc(count * sizeof(size_t));
+        if (keys == NULL) {
+            PyErr_NoMemory();
+            return ST_ERROR;
+        }
+    }
+    size_t child = at + 1;
+    Status st = ST_OK;
+    for (size_t i = 0; i < count; i++) {
+        const JNode *key = &t->nodes[child];
+        const unsigned char *k = (const unsigned char *)t->strings.data + key->v.s.off;
+        for (size_t j = 0; j < key->v.s.len; j++)
+            if (k[j] >= 0x80) st = ST_UNSURE;
+        keys[i] = child;
+        child += 1 + t->nodes[child + 1].size;
+    }
+    if (st == ST_OK) {
+        sort_tree = t;
+        qsort(keys, count, sizeof(size_t), key_cmp);
+        for (size_t i = 1; i < count && st == ST_OK; i++)
+            if (key_cmp(&keys[i - 1], &keys[i]) == 0) st = ST_UNSURE;
+    }
+    if (st == ST_OK) st = buf_putc(out, '{');
+    for (size_t i = 0; i < count && st == ST_OK; i++) {
+        const JNode *key = &t->nodes[keys[i]];
+        if (i) st = buf_putc(out, ',');
+        if (st == ST_OK)
+            st = put_json_string(out, (const unsigned char *)t->strings.data + key->v.s.off,
+                                 key->v.s.len);
+        if (st == ST_OK) st = buf_putc(out, ':');
+        if (st == ST_OK) st = emit_node(out, t, keys[i] + 1, style);
+    }
+    if (st == ST_OK) st = buf_putc(out, '}');
+    if (keys != local) free(keys);
+    return st;
+}
+
+static Status emit_node(Buf *out, Tree *t, size_t at, NumStyle style) {
+    const JNode *node = &t->nodes[at];
+    switch (node->type) {
+        case J_NULL: return buf_puts(out, "null");
+        case J_TRUE: return buf_puts(out, "true");
+        case J_FALSE: return buf_puts(out, "false");
+        case J_INT:
+            if (style == NUM_JCS && (node->v.i > MAX_SAFE_INT || node->v.i < -MAX_SAFE_INT))
+                return ST_UNSURE; /* rfc8785 refuses it */
+            return put_int(out, node->v.i);
+        case J_FLOAT: return put_double(out, node->v.d, style);
+        case J_STRING:
+            return put_json_string(out, (const unsigned char *)t->strings.data + node->v.s.off,
+                                   node->v.s.len);
+        case J_ARRAY: {
+            TRY(buf_putc(out, '['));
+            size_t child = at + 1;
+            for (size_t i = 0; i < node->count; i++) {
+                if (i) TRY(buf_putc(out, ','));
+                TRY(emit_node(out, t, child, style));
+                child += t->nodes[child].size;
+            }
+            return buf_putc(out, ']');
+        }
+        case J_OBJECT: return emit_object(out, t, at, style);
+    }
+    return ST_UNSURE;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The scan's state: the database, its three cursors, the buffers reused from row to row, and  */
+/* the results gathered for Python.                                                            */
+
+typedef struct {
+    sqlite3_stmt *st;
+    int has_row;
+    long long idx;
+} Cursor;
+
+typedef struct {
+    sqlite3 *db;
+    sqlite3_stmt *entries;
+    Cursor retrievals, decisions;
+    Hasher hasher;
+    Tree tree;
+    Buf doc;     /* the leaf document being built */
+    Buf scratch; /* canonical JSON on its way to a digest */
+    PyObject *snapshots; /* model snapshot id (32 hex) -> recomputed snapshot hash */
+} Scan;
+
+/* ------------------------------------------------------------------------------------------ */
+/* Column values as SQLAlchemy hands them to leaf.py on SQLite. A value of a type SQLAlchemy   */
+/* would not have stored there (sqlite is dynamically typed) is UNSURE.                        */
+
+static Status col_text(sqlite3_stmt *st, int col, const unsigned char **s, size_t *n) {
+    *s = NULL;
+    *n = 0;
+    int type = sqlite3_column_type(st, col);
+    if (type == SQLITE_NULL) return ST_OK;
+    if (type != SQLITE_TEXT) return ST_UNSURE;
+    *s = sqlite3_column_text(st, col);
+    *n = (size_t)sqlite3_column_bytes(st, col);
+    if (*s == NULL) {
+        PyErr_NoMemory();
+        return ST_ERROR;
+    }
+    return utf8_valid(*s, *n) ? ST_OK : ST_UNSURE;
+}
+
+static Status emit_text(Buf *b, sqlite3_stmt *st, int col) {
+    const unsigned char *s;
+    size_t n;
+    TRY(col_text(st, col, &s, &n));
+    return s == NULL ? buf_puts(b, "null") : put_json_string(b, s, n);
+}
+
+static Status emit_int(Buf *b, sqlite3_stmt *st, int col) {
+    int type = sqlite3_column_type(st, col);
+    if (type == SQLITE_NULL) return buf_puts(b, "null");
+    if (type != SQLITE_INTEGER) return ST_UNSURE;
+    return put_int(b, sqlite3_column_int64(st, col));
+}
+
+/* Boolean columns hold 0 or 1; ``null_is_false`` for bool(value) in leaf.py (a NULL `cited`). */
+static Status emit_bool(Buf *b, sqlite3_stmt *st, int col, int null_is_false) {
+    int type = sqlite3_column_type(st, col);
+    if (type == SQLITE_NULL) return buf_puts(b, null_is_false ? "false" : "null");
+    if (type != SQLITE_INTEGER) return ST_UNSURE;
+    long long v = sqlite3_column_int64(st, col);
+    if (v != 0 && v != 1) return ST_UNSURE;
+    return buf_puts(b, v ? "true" : "false");
+}
+
+/* Uuid columns hold 32 hex digits; str(uuid.UUID(...)) is lowercase with dashes. */
+static Status emit_uuid(Buf *b, sqlite3_stmt *st, int col, int nullable) {
+    int type = sqlite3_column_type(st, col);
+    if (type == SQLITE_NULL) return nullable ? buf_puts(b, "null") : ST_UNSURE;
+    unsigned char raw[16];
+    if (type != SQLITE_TEXT ||
+        !from_hex(sqlite3_column_text(st, col), (size_t)sqlite3_column_bytes(st, col), raw, 16))
+        return ST_UNSURE;
+    char hex[32], out[38];
+    to_hex(raw, 16, hex);
+    size_t o = 0;
+    out[o++] = '"';
+    for (int i = 0; i < 32; i++) {
+        if (i == 8 || i == 12 || i == 16 || i == 20) out[o++] = '-';
+        out[o++] = hex[i];
+    }
+    out[o++] = '"';
+    return buf_put(b, out, o);
+}
+
+/* A REAL column as repr(float(value)) in a JSON string (leaf._float). */
+static Status emit_float_repr(Buf *b, sqlite3_stmt *st, int col) {
+    int type = sqlite3_column_type(st, col);
+    if (type == SQLITE_NULL) return buf_puts(b, "null");
+    if (type != SQLITE_FLOAT) return ST_UNSURE;
+    TRY(buf_putc(b, '"'));
+    TRY(put_double(b, sqlite3_column_double(st, col), NUM_REPR));
+    return buf_putc(b, '"');
+}
+
+static int days_in_month(int year, int month) {
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    return days[month - 1] + (month == 2 && leap);
+}
+
+/* UTCDateTime on SQLite is stored naive in UTC as "YYYY-MM-DD HH:MM:SS.ffffff"; leaf.timestamp
+ * writes it as "YYYY-MM-DDTHH:MM:SS.ffffff+00:00". Any other stored form is UNSURE. */
+static Status emit_timestamp(Buf *b, sqlite3_stmt *st, int col, int nullable) {
+    int type = sqlite3_column_type(st, col);
+    if (type == SQLITE_NULL) return nullable ? buf_puts(b, "null") : ST_UNSURE;
+    if (type != SQLITE_TEXT || sqlite3_column_bytes(st, col) != 26) return ST_UNSURE;
+    const unsigned char *s = sqlite3_column_text(st, col);
+    static const char shape[] = "dddd-dd-dd dd:dd:dd.dddddd";
+    for (int i = 0; i < 26; i++) {
+        if (shape[i] == 'd' ? (s[i] < '0' || s[i] > '9') : s[i] != (unsigned char)shape[i])
+            return ST_UNSURE;
+    }
+#define NUM2(i) ((s[i] - '0') * 10 + (s[(i) + 1] - '0'))
+    int year = NUM2(0) * 100 + NUM2(2), month = NUM2(5), day = NUM2(8);
+    if (year < 1 || month < 1 || month > 12 || day < 1 || day > days_in_month(year, month) ||
+        NUM2(11) > 23 || NUM2(14) > 59 || NUM2(17) > 59)
+        return ST_UNSURE;
+#undef NUM2
+    char out[35];
+    out[0] = '"';
+    memcpy(out + 1, s, 26);
+    out[11] = 'T';
+    memcpy(out + 27, "+00:00\"", 7);
+    return buf_put(b, out, 34);
+}
+
+/* SHA-256 hex of the canonical JSON (RFC 8785) of a JSON column: canonical.digest(value).
+ * ``null_if_null``: SQL NULL and JSON null give null (a decision's detail), not digest(None). */
+static Status emit_json_digest(Scan *s, sqlite3_stmt *st, int col, int null_if_null) {
+    const unsigned char *text;
+    size_t n;
+    TRY(col_text(st, col, &text, &n));
+    s->scratch.len = 0;
+    if (text == NULL) {
+        if (null_if_null) return buf_puts(&s->doc, "null");
+        TRY(buf_puts(&s->scratch, "null"));
+    } else {
+        TRY(parse_json(&s->tree, text, n));
+        if (null_if_null && s->tree.nodes[0].type == J_NULL) return buf_puts(&s->doc, "null");
+        TRY(emit_node(&s->scratch, &s->tree, 0, NUM_JCS));
+    }
+    unsigned char md[32];
+    char hex[66];
+    TRY(sha256_parts(&s->hasher, s->scratch.data, s->scratch.len, NULL, 0, md));
+    hex[0] = '"';
+    to_hex(md, 32, hex + 1);
+    hex[65] = '"';
+    return buf_put(&s->doc, hex, 66);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The main query: one row per log entry, with its record's or admin event's columns. The      */
+/* X-macro keeps the select list and the column numbers in one place.                          */
+
+#define ENTRY_COLUMNS(X)                                                                  \
+    X(IDX, "l.idx") X(KIND, "l.kind") X(ENTRY_ID, "l.entry_id") X(STORED, "l.leaf_sha256") \
+    X(R_ID, "r.id") X(R_SCHEMA_VERSION, "r.schema_version") X(R_TENANT_ID, "r.tenant_id")  \
+    X(R_API_KEY_ID, "r.api_key_id") X(R_END_USER, "r.end_user") X(R_ROUTE, "r.route")      \
+    X(R_ROUTE_KIND, "r.route_kind") X(R_REQUESTED_MODEL, "r.requested_model")             \
+    X(R_UPSTREAM_MODEL, "r.upstream_model") X(R_RESPONSE_MODEL, "r.response_model")       \
+    X(R_STATUS, "r.status") X(R_HTTP_STATUS, "r.http_status") X(R_ERROR_CODE, "r.error_code") \
+    X(R_ERROR_MESSAGE, "r.error_message") X(R_STREAM, "r.stream") X(R_PARAMS, "r.params")  \
+    X(R_PROMPT, "r.prompt") X(R_PROMPT_SHA256, "r.prompt_sha256") X(R_ANSWER, "r.answer")  \
+    X(R_ANSWER_SHA256, "r.answer_sha256") X(R_CHOICES, "r.choices")                        \
+    X(R_CONTENT_SALT, "r.content_salt") X(R_PROMPT_SALTED, "r.prompt_salted_sha256")       \
+    X(R_ANSWER_SALTED, "r.answer_salted_sha256") X(R_CHOICES_SALTED, "r.choices_salted_sha256") \
+    X(R_FINISH_REASON, "r.finish_reason") X(R_PROMPT_TOKENS, "r.prompt_tokens")            \
+    X(R_COMPLETION_TOKENS, "r.completion_tokens") X(R_TOTAL_TOKENS, "r.total_tokens")      \
+    X(R_LATENCY_MS, "r.latency_ms") X(R_UPSTREAM_LATENCY_MS, "r.upstream_latency_ms")      \
+    X(R_TRACE_ID, "r.trace_id") X(R_SPAN_ID, "r.span_id")                                  \
+    X(R_MODEL_SNAPSHOT_ID, "r.model_snapshot_id") X(R_LINEAGE_STALE, "r.lineage_stale")    \
+    X(R_POLICY_BUNDLE, "r.policy_bundle_sha256") X(R_RETENTION_CLASS, "r.retention_class") \
+    X(R_RETAIN_UNTIL, "r.retain_until") X(R_CREATED_AT, "r.created_at")                    \
+    X(R_COMPLETED_AT, "r.completed_at") X(E_ID, "e.id") X(E_TENANT_ID, "e.tenant_id")      \
+    X(E_ACTOR, "e.actor") X(E_ACTION, "e.action") X(E_TARGET, "e.target")                  \
+    X(E_DETAIL, "e.detail") X(E_CREATED_AT, "e.created_at")
+
+#define AS_ENUM(name, sql) COL_##name,
+#define AS_SQL(name, sql) sql ", "
+enum { ENTRY_COLUMNS(AS_ENUM) COL_COUNT };
+
+/* the joins as verify.py makes them; the record join only for record entries and the event
+ * join only for the others, since each check reads only its own columns */
+static const char ENTRIES_SQL[] =
+    "SELECT " ENTRY_COLUMNS(AS_SQL) "NULL FROM log_entries l "
+    "LEFT JOIN audit_records r ON l.kind = 'record' AND r.id = l.entry_id "
+    "LEFT JOIN admin_events e ON l.kind <> 'record' AND e.id = l.entry_id "
+    "WHERE l.idx >= 0 AND l.idx < ?1 ORDER BY l.idx";
+
+/* lineage rows, in the order leaf.py sorts them (rank; stage then policy id, both compared
+ * as code points, which is SQLite's BINARY collation on UTF-8) */
+static const char RETRIEVALS_SQL[] =
+    "SELECT l.idx, t.rank, t.chunk_id, t.source_ref, t.score, t.cited, t.verified, "
+    "t.document_version_id, t.chunk_sha256, t.superseded, t.reported FROM log_entries l "
+    "JOIN retrievals t ON t.record_id = l.entry_id WHERE l.idx >= 0 AND l.idx < ?1 "
+    "ORDER BY l.idx, t.rank";
+static const char DECISIONS_SQL[] =
+    "SELECT l.idx, t.policy_id, t.stage, t.policy_sha256, t.outcome, t.detail "
+    "FROM log_entries l JOIN policy_decisions t ON t.record_id = l.entry_id "
+    "WHERE l.idx >= 0 AND l.idx < ?1 ORDER BY l.idx, t.stage, t.policy_id";
+
+/* ------------------------------------------------------------------------------------------ */
+/* Lineage cursors: each is stepped along the entries in index order.                          */
+
+static Status cursor_step(Scan *s, Cursor *c) {
+    int rc = sqlite3_step(c->st);
+    if (rc == SQLITE_DONE) {
+        c->has_row = 0;
+        return ST_OK;
+    }
+    if (rc != SQLITE_ROW || sqlite3_column_type(c->st, 0) != SQLITE_INTEGER) {
+        PyErr_Format(Unsupported, "reading lineage rows: %s", sqlite3_errmsg(s->db));
+        return ST_ERROR;
+    }
+    c->has_row = 1;
+    c->idx = sqlite3_column_int64(c->st, 0);
+    return ST_OK;
+}
+
+/* Step past the rows of entries before ``idx`` (an event's, or one left unread by an UNSURE). */
+static Status cursor_seek(Scan *s, Cursor *c, long long idx) {
+    while (c->has_row && c->idx < idx) TRY(cursor_step(s, c));
+    return ST_OK;
+}
+
+/* A step inside a record's lineage: an error stops the scan, UNSURE only this record. */
+#define LINEAGE_STEP(s, c)                         \
+    do {                                           \
+        if (cursor_step(s, c) != ST_OK) return ST_ERROR; \
+    } while (0)
+
+static Status emit_retrievals(Scan *s, long long idx) {
+    Cursor *c = &s->retrievals;
+    sqlite3_stmt *st = c->st;
+    TRY(buf_putc(&s->doc, '['));
+    for (int first = 1; c->has_row && c->idx == idx; first = 0) {
+        if (!first) TRY(buf_putc(&s->doc, ','));
+        TRY(buf_putc(&s->doc, '['));
+        TRY(emit_int(&s->doc, st, 1)); /* rank */
+        if (sqlite3_column_type(st, 1) != SQLITE_INTEGER) return ST_UNSURE;
+        TRY(buf_putc(&s->doc, ','));
+        TRY(emit_uuid(&s->doc, st, 2, 1)); /* chunk_id */
+        TRY(buf_putc(&s->doc, ','));
+        TRY(emit_text(&s->doc, st, 3)); /* source_ref */
+        TRY(buf_putc(&s->doc, ','));
+        TRY(emit_float_repr(&s->doc, st, 4)); /* score */
+        TRY(buf_putc(&s->doc, ','));
+        TRY(emit_bool(&s->doc, st, 5, 1)); /* cited: bool(...) */
+        TRY(buf_putc(&s->doc, ','));
+        TRY(emit_bool(&s->doc, st, 6, 0)); /* verified */
+        TRY(buf_putc(&s->doc, ','));
+        TRY(emit_uuid(&s->doc, st, 7, 1)); /* document_version_id */
+        TRY(buf_putc(&s->doc, ','));
+        TRY(emit_text(&s->doc, st, 8)); /* chunk_sha256 */
+        TRY(buf_putc(&s->doc, ','));
+        TRY(emit_bool(&s->doc, st, 9, 0)); /* superseded */
+        TRY(buf_putc(&s->doc, ','));
+        TRY(emit_json_digest(s, st, 10, 1)); /* reported */
+        TRY(buf_putc(&s->doc, ']'));
+        LINEAGE_STEP(s, c);
+    }
+    return buf_putc(&s->doc, ']');
+}
+
+static Status emit_policies(Scan *s, long long idx) {
+    Cursor *c = &s->decisions;
+    sqlite3_stmt *st = c->st;
+    TRY(buf_putc(&s->doc, '['));
+    for (int first = 1; c->has_row && c->idx == idx; first = 0) {
+        /* sorted by str(stage), str(policy_id): SQL sorts them only if both are text */
+        if (sqlite3_column_type(st, 1) != SQLITE_TEXT || sqlite3_column_type(st, 2) != SQLITE_TEXT)
+            return ST_UNSURE;
+        if (!first) TRY(buf_putc(&s->doc, ','));
+        TRY(buf_putc(&s->doc, '['));
+        for (int col = 1; col <= 4; col++) { /* policy_id, stage, policy_sha256, outcome */
+            TRY(emit_text(&s->doc, st, col));
+            TRY(buf_putc(&s->doc, ','));
+        }
+        TRY(emit_json_digest(s, st, 5, 1)); /* detail */
+        TRY(buf_putc(&s->doc, ']'));
+        LINEAGE_STEP(s, c);
+    }
+    return buf_putc(&s->doc, ']');
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Content: verify.content_problem, which must find nothing for the record to be confirmed.    */
+
+static int stored_hex_equals(sqlite3_stmt *st, int col, const unsigned char md[32]) {
+    char hex[64];
+    if (sqlite3_column_type(st, col) != SQLITE_TEXT || sqlite3_column_bytes(st, col) != 64)
+        return 0;
+    to_hex(md, 32, hex);
+    return memcmp(sqlite3_column_text(st, col), hex, 64) == 0;
+}
+
+static Status content_ok(Scan *s, sqlite3_stmt *st) {
+    const unsigned char *salt_hex, *prompt, *answer, *choices;
+    size_t salt_len, prompt_len, answer_len, choices_len;
+    TRY(col_text(st, COL_R_CONTENT_SALT, &salt_hex, &salt_len));
+    TRY(col_text(st, COL_R_PROMPT, &prompt, &prompt_len));
+    TRY(col_text(st, COL_R_ANSWER, &answer, &answer_len));
+    TRY(col_text(st, COL_R_CHOICES, &choices, &choices_len));
+    /* choices_text(): the choices as orjson writes them with sorted keys (JSON null: none) */
+    Buf *ctext = &s->scratch;
+    ctext->len = 0;
+    int has_choices = 0;
+    if (choices != NULL) {
+        TRY(parse_json(&s->tree, choices, choices_len));
+        has_choices = s->tree.nodes[0].type != J_NULL;
+        if (has_choices) TRY(emit_node(ctext, &s->tree, 0, NUM_ORJSON));
+    }
+    if (salt_hex == NULL) /* content without a salt is a problem Python names */
+        return (prompt || answer || has_choices) ? ST_UNSURE : ST_OK;
+    unsigned char salt[64], md[32];
+    if (salt_len % 2 || salt_len > 2 * sizeof salt || !from_hex(salt_hex, salt_len, salt, salt_len / 2))
+        return ST_UNSURE;
+    size_t sn = salt_len / 2;
+    if (prompt) {
+        TRY(sha256_parts(&s->hasher, salt, sn, prompt, prompt_len, md));
+        if (!stored_hex_equals(st, COL_R_PROMPT_SALTED, md)) return ST_UNSURE;
+        TRY(sha256_parts(&s->hasher, prompt, prompt_len, NULL, 0, md));
+        if (!stored_hex_equals(st, COL_R_PROMPT_SHA256, md)) return ST_UNSURE;
+    }
+    if (answer) {
+        TRY(sha256_parts(&s->hasher, salt, sn, answer, answer_len, md));
+        if (!stored_hex_equals(st, COL_R_ANSWER_SALTED, md)) return ST_UNSURE;
+        TRY(sha256_parts(&s->hasher, answer, answer_len, NULL, 0, md));
+        if (!stored_hex_equals(st, COL_R_ANSWER_SHA256, md)) return ST_UNSURE;
+    }
+    if (has_choices) {
+        TRY(sha256_parts(&s->hasher, salt, sn, ctext->data, ctext->len, md));
+        if (!stored_hex_equals(st, COL_R_CHOICES_SALTED, md)) return ST_UNSURE;
+    }
+    return ST_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Leaf documents. Each key of leaf.record_document / leaf.event_document, in the sorted order */
+/* orjson writes them (checked once at import), with how its value is made.                    */
+
+typedef enum {
+    V_TEXT, V_INT, V_BOOL, V_UUID, V_UUID_OR_NULL, V_FLOAT, V_TIME, V_TIME_OR_NULL,
+    V_JSON_DIGEST, V_JSON_DIGEST_OR_NULL, V_LEAF_VERSION, V_KIND, V_SNAPSHOT, V_POLICIES,
+    V_RETRIEVALS, V_SCHEMA2_TEXT, V_SCHEMA2_TIME, V_IF_NOT_NULL_BOOL
+} ValueKind;
+
+typedef struct {
+    const char *key;
+    ValueKind kind;
+    int col;
+} LeafField;
+
+static const LeafField RECORD_LEAF[] = {
+    {"answer_salted_sha256", V_TEXT, COL_R_ANSWER_SALTED},
+    {"api_key_id", V_UUID, COL_R_API_KEY_ID},
+    {"choices_salted_sha256", V_TEXT, COL_R_CHOICES_SALTED},
+    {"completed_at", V_TIME, COL_R_COMPLETED_AT},
+    {"completion_tokens", V_INT, COL_R_COMPLETION_TOKENS},
+    {"created_at", V_TIME, COL_R_CREATED_AT},
+    {"end_user", V_TEXT, COL_R_END_USER},
+    {"error_code", V_TEXT, COL_R_ERROR_CODE},
+    {"error_message", V_TEXT, COL_R_ERROR_MESSAGE},
+    {"finish_reason", V_TEXT, COL_R_FINISH_REASON},
+    {"http_status", V_INT, COL_R_HTTP_STATUS},
+    {"id", V_UUID, COL_R_ID},
+    {"kind", V_KIND, -1},
+    {"latency_ms", V_FLOAT, COL_R_LATENCY_MS},
+    {"lineage_stale", V_IF_NOT_NULL_BOOL, COL_R_LINEAGE_STALE}, /* present only when set */
+    {"model_snapshot_sha256", V_SNAPSHOT, COL_R_MODEL_SNAPSHOT_ID},
+    {"params_sha256", V_JSON_DIGEST, COL_R_PARAMS},
+    {"policies", V_POLICIES, -1},
+    {"policy_bundle_sha256", V_TEXT, COL_R_POLICY_BUNDLE},
+    {"prompt_salted_sha256", V_TEXT, COL_R_PROMPT_SALTED},
+    {"prompt_tokens", V_INT, COL_R_PROMPT_TOKENS},
+    {"requested_model", V_TEXT, COL_R_REQUESTED_MODEL},
+    {"response_model", V_TEXT, COL_R_RESPONSE_MODEL},
+    {"retain_until", V_SCHEMA2_TIME, COL_R_RETAIN_UNTIL},      /* schema_version >= 2 */
+    {"retention_class", V_SCHEMA2_TEXT, COL_R_RETENTION_CLASS}, /* schema_version >= 2 */
+    {"retrievals", V_RETRIEVALS, -1},
+    {"route", V_TEXT, COL_R_ROUTE},
+    {"route_kind", V_TEXT, COL_R_ROUTE_KIND},
+    {"schema_version", V_INT, COL_R_SCHEMA_VERSION},
+    {"span_id", V_TEXT, COL_R_SPAN_ID},
+    {"status", V_TEXT, COL_R_STATUS},
+    {"stream", V_BOOL, COL_R_STREAM},
+    {"tenant_id", V_UUID, COL_R_TENANT_ID},
+    {"total_tokens", V_INT, COL_R_TOTAL_TOKENS},
+    {"trace_id", V_TEXT, COL_R_TRACE_ID},
+    {"upstream_latency_ms", V_FLOAT, COL_R_UPSTREAM_LATENCY_MS},
+    {"upstream_model", V_TEXT, COL_R_UPSTREAM_MODEL},
+    {"v", V_LEAF_VERSION, -1},
+};
+
+static const LeafField EVENT_LEAF[] = {
+    {"action", V_TEXT, COL_E_ACTION},
+    {"actor", V_TEXT, COL_E_ACTOR},
+    {"created_at", V_TIME, COL_E_CREATED_AT},
+    {"detail_sha256", V_JSON_DIGEST_OR_NULL, COL_E_DETAIL},
+    {"id", V_UUID, COL_E_ID},
+    {"kind", V_KIND, -1},
+    {"target", V_TEXT, COL_E_TARGET},
+    {"tenant_id", V_UUID_OR_NULL, COL_E_TENANT_ID},
+    {"v", V_LEAF_VERSION, -1},
+};
+
+#define LEAF_VERSION 1 /* leaf.LEAF_VERSION; the module refuses to load if they differ */
+
+static Status emit_snapshot(Scan *s, sqlite3_stmt *st, int col) {
+    int type = sqlite3_column_type(st, col);
+    if (type == SQLITE_NULL) return buf_puts(&s->doc, "null");
+    unsigned char raw[16];
+    if (type != SQLITE_TEXT ||
+        !from_hex(sqlite3_column_text(st, col), (size_t)sqlite3_column_bytes(st, col), raw, 16))
+        return ST_UNSURE;
+    char hex[32];
+    to_hex(raw, 16, hex);
+    PyObject *key = PyUnicode_FromStringAndSize(hex, 32);
+    if (key == NULL) return ST_ERROR;
+    PyObject *found = PyDict_GetItemWithError(s->snapshots, key); /* borrowed */
+    Py_DECREF(key);
+    if (found == NULL && PyErr_Occurred()) return ST_ERROR;
+    if (found == NULL) return buf_puts(&s->doc, "\"missing\""); /* as verify._check_record */
+    Py_ssize_t n;
+    const char *text = PyUnicode_Check(found) ? PyUnicode_AsUTF8AndSize(found, &n) : NULL;
+    if (text == NULL) return PyErr_Occurred() ? ST_ERROR : ST_UNSURE;
+    return put_json_string(&s->doc, (const unsigned char *)text, (size_t)n);
+}
+
+static Status emit_field(Scan *s, const LeafField *f, long long idx, int is_record) {
+    sqlite3_stmt *st = s->entries;
+    switch (f->kind) {
+        case V_TEXT: return emit_text(&s->doc, st, f->col);
+        case V_INT: return emit_int(&s->doc, st, f->col);
+        case V_BOOL: return emit_bool(&s->doc, st, f->col, 0);
+        case V_UUID: return emit_uuid(&s->doc, st, f->col, 0);
+        case V_UUID_OR_NULL: return emit_uuid(&s->doc, st, f->col, 1);
+        case V_FLOAT: return emit_float_repr(&s->doc, st, f->col);
+        case V_TIME: return emit_timestamp(&s->doc, st, f->col, 0);
+        case V_TIME_OR_NULL: return emit_timestamp(&s->doc, st, f->col, 1);
+        case V_JSON_DIGEST: return emit_json_digest(s, st, f->col, 0);
+        case V_JSON_DIGEST_OR_NULL: return emit_json_digest(s, st, f->col, 1);
+        case V_LEAF_VERSION: return put_int(&s->doc, LEAF_VERSION);
+        case V_KIND: return buf_puts(&s->doc, is_record ? "\"record\"" : "\"event\"");
+        case V_SNAPSHOT: return emit_snapshot(s, st, f->col);
+        case V_POLICIES: return emit_policies(s, idx);
+        case V_RETRIEVALS: return emit_retrievals(s, idx);
+        case V_SCHEMA2_TEXT: return emit_text(&s->doc, st, f->col);
+        case V_SCHEMA2_TIME: return emit_timestamp(&s->doc, st, f->col, 1);
+        case V_IF_NOT_NULL_BOOL: return emit_bool(&s->doc, st, f->col, 0);
+    }
+    return ST_UNSURE;
+}
+
+/* Whether a field is in this entry's document at all. */
+static int field_present(const LeafField *f, sqlite3_stmt *st, long long schema) {
+    if (f->kind == V_SCHEMA2_TEXT || f->kind == V_SCHEMA2_TIME) return schema >= 2;
+    if (f->kind == V_IF_NOT_NULL_BOOL) return sqlite3_column_type(st, f->col) != SQLITE_NULL;
+    return 1;
+}
+
+static Status build_document(Scan *s, const LeafField *fields, size_t nfields, long long idx,
+                             long long schema, int is_record) {
+    s->doc.len = 0;
+    TRY(buf_putc(&s->doc, '{'));
+    int first = 1;
+    for (size_t i = 0; i < nfields; i++) {
+        if (!field_present(&fields[i], s->entries, schema)) continue;
+        if (!first) TRY(buf_putc(&s->doc, ','));
+        first = 0;
+        TRY(buf_putc(&s->doc, '"'));
+        TRY(buf_puts(&s->doc, fields[i].key));
+        TRY(buf_puts(&s->doc, "\":"));
+        TRY(emit_field(s, &fields[i], idx, is_record));
+    }
+    return buf_putc(&s->doc, '}');
+}
+
+/* OK when SHA-256(0x00 || document) is the stored leaf. */
+static Status leaf_matches(Scan *s, const unsigned char stored[32]) {
+    static const unsigned char zero = 0;
+    unsigned char md[32];
+    TRY(sha256_parts(&s->hasher, &zero, 1, s->doc.data, s->doc.len, md));
+    return memcmp(md, stored, 32) == 0 ? ST_OK : ST_UNSURE;
+}
+
+static Status check_record(Scan *s, long long idx, const unsigned char stored[32]) {
+    sqlite3_stmt *st = s->entries;
+    if (sqlite3_column_type(st, COL_R_ID) == SQLITE_NULL) return ST_UNSURE; /* deleted */
+    if (sqlite3_column_type(st, COL_R_SCHEMA_VERSION) != SQLITE_INTEGER) return ST_UNSURE;
+    long long schema = sqlite3_column_int64(st, COL_R_SCHEMA_VERSION);
+    if (schema != 1 && schema != 2) return ST_UNSURE; /* a version this file does not know */
+    TRY(content_ok(s, st));
+    TRY(build_document(s, RECORD_LEAF, sizeof RECORD_LEAF / sizeof *RECORD_LEAF, idx, schema, 1));
+    return leaf_matches(s, stored);
+}
+
+static Status check_event(Scan *s, long long idx, const unsigned char stored[32]) {
+    if (sqlite3_column_type(s->entries, COL_E_ID) == SQLITE_NULL) return ST_UNSURE; /* deleted */
+    TRY(build_document(s, EVENT_LEAF, sizeof EVENT_LEAF / sizeof *EVENT_LEAF, idx, 0, 0));
+    return leaf_matches(s, stored);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The Merkle tree's right border (merkle.CompactRange): one perfect subtree per set bit of    */
+/* the size, so appending is O(1) amortised and the root is available at any size.             */
+
+typedef struct {
+    unsigned char hash[64][32];
+    int level[64];
+    int count;
+    long long size;
+} CompactRange;
+
+static Status node_hash(Hasher *h, const unsigned char *l, const unsigned char *r,
+                        unsigned char out[32]) {
+    unsigned char buf[65];
+    buf[0] = 1;
+    memcpy(buf + 1, l, 32);
+    memcpy(buf + 33, r, 32);
+    return sha256_parts(h, buf, 65, NULL, 0, out);
+}
+
+static Status range_append(CompactRange *c, Hasher *h, const unsigned char leaf[32]) {
+    unsigned char cur[32];
+    int level = 0;
+    memcpy(cur, leaf, 32);
+    while (c->count && c->level[c->count - 1] == level) {
+        TRY(node_hash(h, c->hash[c->count - 1], cur, cur));
+        c->count--;
+        level++;
+    }
+    memcpy(c->hash[c->count], cur, 32);
+    c->level[c->count++] = level;
+    c->size++;
+    return ST_OK;
+}
+
+static Status range_root(CompactRange *c, Hasher *h, unsigned char out[32]) {
+    if (c->count == 0) return sha256_parts(h, "", 0, NULL, 0, out);
+    memcpy(out, c->hash[c->count - 1], 32);
+    for (int i = c->count - 2; i >= 0; i--) TRY(node_hash(h, c->hash[i], out, out));
+    return ST_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The walk.                                                                                   */
+
+static int prepare(Scan *s, const char *sql, sqlite3_stmt **st, long long total) {
+    if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK ||
+        sqlite3_bind_int64(*st, 1, total) != SQLITE_OK) {
+        PyErr_Format(Unsupported, "preparing the scan: %s", sqlite3_errmsg(s->db));
+        return 0;
+    }
+    return 1;
+}
+
+static void scan_close(Scan *s) {
+    sqlite3_finalize(s->entries);
+    sqlite3_finalize(s->retrievals.st);
+    sqlite3_finalize(s->decisions.st);
+    if (s->db) {
+        sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+        sqlite3_close(s->db);
+    }
+    EVP_MD_CTX_free(s->hasher.ctx);
+    free(s->tree.nodes);
+    free(s->tree.strings.data);
+    free(s->doc.data);
+    free(s->scratch.data);
+}
+
+static int scan_open(Scan *s, const char *path, long long total) {
+    s->hasher.ctx = EVP_MD_CTX_new();
+    s->hasher.md = EVP_sha256();
+    if (s->hasher.ctx == NULL || s->hasher.md == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL has no SHA-256 context");
+        return 0;
+    }
+    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        PyErr_Format(Unsupported, "opening %s read-only: %s", path,
+                     s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        return 0;
+    }
+    sqlite3_busy_timeout(s->db, 30000);
+    /* one read transaction: the three queries see the same snapshot of the log */
+    if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        PyErr_Format(Unsupported, "beginning a read: %s", sqlite3_errmsg(s->db));
+        return 0;
+    }
+    if (!prepare(s, ENTRIES_SQL, &s->entries, total) ||
+        !prepare(s, RETRIEVALS_SQL, &s->retrievals.st, total) ||
+        !prepare(s, DECISIONS_SQL, &s->decisions.st, total))
+        return 0;
+    return cursor_step(s, &s->retrievals) == ST_OK && cursor_step(s, &s->decisions) == ST_OK;
+}
+
+typedef struct {
+    PyObject *gaps, *roots, *reordered, *recheck;
+    long long confirmed;
+} Findings;
+
+/* Append a new tuple built by Py_BuildValue to a list. */
+static int append_new(PyObject *list, PyObject *item) {
+    if (item == NULL) return 0;
+    int rc = PyList_Append(list, item);
+    Py_DECREF(item);
+    return rc == 0;
+}
+
+#define PROGRESS_EVERY 20000 /* verify._CHUNK: the Python walk reports as often */
+
+/* One entry row: the checks of verify._scan's loop, in its order. */
+static int walk_entry(Scan *s, Findings *f, CompactRange *rng, long long *expected,
+                      unsigned char last_id[16], int *have_last, long long *range_start,
+                      const long long *bounds, Py_ssize_t nbounds, Py_ssize_t *next_bound) {
+    sqlite3_stmt *st = s->entries;
+    unsigned char entry_id[16], stored[32];
+    if (sqlite3_column_type(st, COL_IDX) != SQLITE_INTEGER ||
+        sqlite3_column_type(st, COL_ENTRY_ID) != SQLITE_TEXT ||
+        sqlite3_column_type(st, COL_STORED) != SQLITE_TEXT ||
+        !from_hex(sqlite3_column_text(st, COL_ENTRY_ID),
+                  (size_t)sqlite3_column_bytes(st, COL_ENTRY_ID), entry_id, 16) ||
+        !from_hex(sqlite3_column_text(st, COL_STORED),
+                  (size_t)sqlite3_column_bytes(st, COL_STORED), stored, 32)) {
+        PyErr_SetString(Unsupported, "a log entry's index, id or leaf is not in the stored form");
+        return 0;
+    }
+    long long idx = sqlite3_column_int64(st, COL_IDX);
+    if (idx != *expected) {
+        if (!append_new(f->gaps, Py_BuildValue("(LL)", *expected, idx))) return 0;
+        *expected = idx;
+    }
+    (*expected)++;
+    if (cursor_seek(s, &s->retrievals, idx) != ST_OK || cursor_seek(s, &s->decisions, idx) != ST_OK)
+        return 0;
+    int is_record = sqlite3_column_type(st, COL_KIND) == SQLITE_TEXT &&
+                    sqlite3_column_bytes(st, COL_KIND) == 6 &&
+                    memcmp(sqlite3_column_text(st, COL_KIND), "record", 6) == 0;
+    Status verdict = is_record ? check_record(s, idx, stored) : check_event(s, idx, stored);
+    if (verdict == ST_ERROR) return 0;
+    if (verdict == ST_OK) {
+        f->confirmed++;
+    } else if (!append_new(f->recheck, PyLong_FromLongLong(idx))) {
+        return 0;
+    }
+    if (*have_last && idx > *range_start && memcmp(entry_id, last_id, 16) <= 0) {
+        PyObject *item = Py_BuildValue("(Ly#y#)", idx, (const char *)entry_id, (Py_ssize_t)16,
+                                       (const char *)last_id, (Py_ssize_t)16);
+        if (!append_new(f->reordered, item)) return 0;
+    }
+    memcpy(last_id, entry_id, 16);
+    *have_last = 1;
+    if (range_append(rng, &s->hasher, stored) != ST_OK) return 0;
+    if (*next_bound < nbounds && rng->size == bounds[*next_bound]) {
+        unsigned char root[32];
+        if (range_root(rng, &s->hasher, root) != ST_OK) return 0;
+        PyObject *item = Py_BuildValue("(Ly#L)", rng->size, (const char *)root, (Py_ssize_t)32,
+                                       *range_start);
+        if (!append_new(f->roots, item)) return 0;
+        *range_start = rng->size;
+        *have_last = 0;
+        (*next_bound)++;
+    }
+    return 1;
+}
+
+static int report_progress(PyObject *progress, long long done, long long total) {
+    if (progress == Py_None) return 1;
+    PyObject *r = PyObject_CallFunction(progress, "LL", done, total);
+    Py_XDECREF(r);
+    return r != NULL;
+}
+
+static int walk(Scan *s, Findings *f, CompactRange *rng, long long total,
+                const long long *bounds, Py_ssize_t nbounds, PyObject *progress) {
+    long long expected = 0, range_start = 0;
+    unsigned char last_id[16];
+    int have_last = 0;
+    Py_ssize_t next_bound = 0;
+    for (;;) {
+        int rc = sqlite3_step(s->entries);
+        if (rc == SQLITE_DONE) break;
+        if (rc != SQLITE_ROW) {
+            PyErr_Format(Unsupported, "reading log entries: %s", sqlite3_errmsg(s->db));
+            return 0;
+        }
+        if (!walk_entry(s, f, rng, &expected, last_id, &have_last, &range_start, bounds,
+                        nbounds, &next_bound))
+            return 0;
+        if (rng->size % PROGRESS_EVERY == 0 && !report_progress(progress, rng->size, total))
+            return 0;
+    }
+    return report_progress(progress, total > rng->size ? total : rng->size, total);
+}
+
+/* Sorted checkpoint sizes from a Python sequence of ints, in PyMem (the caller frees). */
+static long long *read_bounds(PyObject *obj, Py_ssize_t *n) {
+    PyObject *seq = PySequence_Fast(obj, "bounds must be a sequence of tree sizes");
+    if (seq == NULL) return NULL;
+    *n = PySequence_Fast_GET_SIZE(seq);
+    long long *bounds = PyMem_Calloc((size_t)(*n ? *n : 1), sizeof(long long));
+    if (bounds == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        bounds[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (bounds[i] == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            PyMem_Free(bounds);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    return bounds;
+}
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    const char *path;
+    long long total;
+    PyObject *bounds_obj, *snapshots, *progress;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "sLOO!O", &path, &total, &bounds_obj, &PyDict_Type, &snapshots,
+                          &progress))
+        return NULL;
+    Py_ssize_t nbounds;
+    long long *bounds = read_bounds(bounds_obj, &nbounds);
+    if (bounds == NULL) return NULL;
+    Scan s;
+    memset(&s, 0, sizeof s);
+    s.snapshots = snapshots;
+    CompactRange rng;
+    rng.count = 0;
+    rng.size = 0;
+    Findings f = {PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), 0};
+    PyObject *result = NULL;
+    if (f.gaps && f.roots && f.reordered && f.recheck && scan_open(&s, path, total) &&
+        walk(&s, &f, &rng, total, bounds, nbounds, progress))
+        result = Py_BuildValue("(LLOOOO)", rng.size, f.confirmed, f.gaps, f.roots, f.reordered,
+                               f.recheck);
+    scan_close(&s);
+    PyMem_Free(bounds);
+    Py_XDECREF(f.gaps);
+    Py_XDECREF(f.roots);
+    Py_XDECREF(f.reordered);
+    Py_XDECREF(f.recheck);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Two windows onto the pieces above, for the tests that hold them to Python's own output.     */
+
+static int parse_style(const char *name, NumStyle *style) {
+    if (strcmp(name, "repr") == 0) *style = NUM_REPR;
+    else if (strcmp(name, "orjson") == 0) *style = NUM_ORJSON;
+    else if (strcmp(name, "jcs") == 0) *style = NUM_JCS;
+    else {
+        PyErr_Format(PyExc_ValueError, "unknown style %s", name);
+        return 0;
+    }
+    return 1;
+}
+
+/* Turn a Status and a buffer into bytes, None (UNSURE) or NULL (error); frees the buffer. */
+static PyObject *status_result(Status st, Buf *b) {
+    PyObject *out = NULL;
+    if (st == ST_OK) out = PyBytes_FromStringAndSize(b->data ? b->data : "", (Py_ssize_t)b->len);
+    else if (st == ST_UNSURE) out = Py_NewRef(Py_None);
+    free(b->data);
+    return out;
+}
+
+static PyObject *format_float(PyObject *self, PyObject *args) {
+    double v;
+    const char *name;
+    NumStyle style;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "ds", &v, &name) || !parse_style(name, &style)) return NULL;
+    Buf b = {NULL, 0, 0};
+    return status_result(put_double(&b, v, style), &b);
+}
+
+static PyObject *canonical_json(PyObject *self, PyObject *args) {
+    const char *text, *name;
+    Py_ssize_t n;
+    NumStyle style;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y#s", &text, &n, &name) || !parse_style(name, &style))
+        return NULL;
+    Tree t;
+    memset(&t, 0, sizeof t);
+    Buf b = {NULL, 0, 0};
+    Status st = utf8_valid((const unsigned char *)text, (size_t)n) ? ST_OK : ST_UNSURE;
+    if (st == ST_OK) st = parse_json(&t, (const unsigned char *)text, (size_t)n);
+    if (st == ST_OK) st = emit_node(&b, &t, 0, style);
+    free(t.nodes);
+    free(t.strings.data);
+    return status_result(st, &b);
+}
+
+static PyMethodDef METHODS[] = {
+    {"scan", scan, METH_VARARGS,
+     "scan(path, total, bounds, snapshots, progress) -> (size, confirmed, gaps, roots, "
+     "reordered, recheck)"},
+    {"format_float", format_float, METH_VARARGS,
+     "format_float(value, 'repr' | 'orjson' | 'jcs') -> bytes, or None when unsure"},
+    {"canonical_json", canonical_json, METH_VARARGS,
+     "canonical_json(utf8_json, 'orjson' | 'jcs') -> sorted-key bytes, or None when unsure"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_leafscan",
+    .m_doc = "The per-entry loop of `provenant verify` over an SQLite store (see _leafscan.c).",
+    .m_size = -1,
+    .m_methods = METHODS,
+};
+
+/* The leaf tables must be in the byte order orjson sorts keys in; refuse to load otherwise. */
+static int sorted_keys(const LeafField *fields, size_t n) {
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(fields[i - 1].key, fields[i].key) >= 0) return 0;
+    return 1;
+}
+
+PyMODINIT_FUNC PyInit__leafscan(void) {
+    if (!sorted_keys(RECORD_LEAF, sizeof RECORD_LEAF / sizeof *RECORD_LEAF) ||
+        !sorted_keys(EVENT_LEAF, sizeof EVENT_LEAF / sizeof *EVENT_LEAF)) {
+        PyErr_SetString(PyExc_ImportError, "_leafscan: leaf fields are not in sorted order");
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&MODULE);
+    if (m == NULL) return NULL;
+    Unsupported = PyErr_NewException("_leafscan.Unsupported", NULL, NULL);
+    if (Unsupported == NULL || PyModule_AddObjectRef(m, "Unsupported", Unsupported) < 0 ||
+        PyModule_AddIntConstant(m, "LEAF_VERSION", LEAF_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

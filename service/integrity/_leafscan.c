@@ -15,20 +15,26 @@
  * re-checked by the Python verifier, which alone names problems. So the native path can only
  * be faster, never less strict.
  *
- * scan(path, total, bounds, snapshots, progress) walks log_entries with index 0 <= idx < total,
- * joined with audit_records / admin_events, with retrievals and policy_decisions merged in by
- * index, in one read transaction, and returns
- *   (size, confirmed, gaps, roots, reordered, recheck)
- * where size is the number of entries read (the tree size), gaps lists (expected, found) index
- * pairs, roots lists (tree size, root, range start) at each of the sorted checkpoint sizes
- * reached, reordered lists (idx, entry id, previous id) within one checkpoint's range, and
- * recheck the indexes of entries not confirmed. It raises Unsupported when the store itself is
- * not what it expects (a file it cannot open, a missing column, a log index or entry id of an
- * unexpected type): the caller then runs the Python verifier instead.
+ * scan(path, total, bounds, snapshots, progress, threads) covers log indexes 0 <= idx < total:
+ *  - the tree: log_entries in index order, the Merkle root (over the stored leaves) at each of
+ *    the sorted checkpoint sizes, the gaps in the indexes and, within one checkpoint's range,
+ *    the entries out of ascending id order (verify._walk's checks, on the calling thread);
+ *  - the entries: chunks of the log joined with audit_records / admin_events, retrievals and
+ *    policy_decisions merged in by index, checked by ``threads`` threads, each with its own
+ *    read-only connection, without the GIL (so no Python object is touched there).
+ * It returns (size, confirmed, gaps, roots, reordered, recheck): the number of entries (the
+ * tree size), how many were confirmed, (expected, found) index pairs, (tree size, root, range
+ * start) per checkpoint reached, (idx, entry id, previous id) per entry out of order, and the
+ * sorted indexes of the entries not confirmed. It raises Unsupported when the store is not what
+ * it expects (a file it cannot open, a missing column, a log index or entry id not in the stored
+ * form) or a resource fails: the caller then runs the Python verifier instead.
  */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <locale.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <math.h>
 #include <openssl/evp.h>
 #include <sqlite3.h>
@@ -37,8 +43,9 @@
 #include <string.h>
 
 /* ------------------------------------------------------------------------------------------ */
-/* Outcomes. Every step returns one: OK, UNSURE (hand this entry to Python) or ERROR (a Python  */
-/* exception is set: out of memory, or the progress callback raised).                          */
+/* Outcomes. Every step returns one: OK, UNSURE (hand this entry to Python) or ERROR (out of    */
+/* memory or a library failure: the scan stops). The checks run without the GIL, on several    */
+/* threads, so nothing below the entry point touches a Python object or raises.                */
 
 typedef enum { ST_OK = 0, ST_UNSURE = 1, ST_ERROR = 2 } Status;
 
@@ -68,44 +75,64 @@ static Status buf_reserve(Buf *b, size_t extra) {
     size_t cap = b->cap ? b->cap : 4096;
     while (cap < need) cap *= 2;
     char *data = realloc(b->data, cap);
-    if (data == NULL) {
-        PyErr_NoMemory();
-        return ST_ERROR;
-    }
+    if (data == NULL) return ST_ERROR;
     b->data = data;
     b->cap = cap;
     return ST_OK;
 }
 
-static Status buf_put(Buf *b, const void *p, size_t n) {
-    TRY(buf_reserve(b, n));
+static inline Status buf_put(Buf *b, const void *p, size_t n) {
+    if (b->cap - b->len < n) TRY(buf_reserve(b, n)); /* the slow path only when full */
     if (n) memcpy(b->data + b->len, p, n);
     b->len += n;
     return ST_OK;
 }
 
-static Status buf_puts(Buf *b, const char *s) { return buf_put(b, s, strlen(s)); }
+static inline Status buf_putc(Buf *b, char c) {
+    if (b->len == b->cap) TRY(buf_reserve(b, 1));
+    b->data[b->len++] = c;
+    return ST_OK;
+}
 
-static Status buf_putc(Buf *b, char c) { return buf_put(b, &c, 1); }
+static inline Status buf_puts(Buf *b, const char *s) { return buf_put(b, s, strlen(s)); }
+
+/* a string literal, its length known at compile time */
+#define buf_lit(b, lit) buf_put((b), (lit), sizeof(lit) - 1)
 
 /* ------------------------------------------------------------------------------------------ */
-/* SHA-256 through one reused EVP context (allocating one per hash would cost more than the    */
-/* hashing of a short field).                                                                  */
+/* SHA-256 through one reused EVP context and one explicitly fetched digest: allocating a       */
+/* context per hash, or letting OpenSSL 3 look the digest up (under locks) at every init, would */
+/* cost more than hashing a short field.                                                       */
 
 typedef struct {
     EVP_MD_CTX *ctx;
-    const EVP_MD *md;
+    EVP_MD *md;
 } Hasher;
+
+static int hasher_open(Hasher *h) {
+    h->ctx = EVP_MD_CTX_new();
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
+#else
+    h->md = (EVP_MD *)EVP_sha256();
+#endif
+    return h->ctx != NULL && h->md != NULL;
+}
+
+static void hasher_close(Hasher *h) {
+    EVP_MD_CTX_free(h->ctx);
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    EVP_MD_free(h->md);
+#endif
+}
 
 static Status sha256_parts(Hasher *h, const void *a, size_t an, const void *b, size_t bn,
                            unsigned char out[32]) {
     unsigned int len = 0;
     if (!EVP_DigestInit_ex(h->ctx, h->md, NULL) || !EVP_DigestUpdate(h->ctx, a, an) ||
         (bn && !EVP_DigestUpdate(h->ctx, b, bn)) || !EVP_DigestFinal_ex(h->ctx, out, &len) ||
-        len != 32) {
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL SHA-256 failed");
+        len != 32)
         return ST_ERROR;
-    }
     return ST_OK;
 }
 
@@ -118,12 +145,19 @@ static void to_hex(const unsigned char *in, size_t n, char *out) {
     }
 }
 
-static int hex_value(unsigned char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
+/* hex digit values (either case), -1 for anything else: a table, as every row has ~200 */
+static signed char HEX_VALUE[256];
+
+static void hex_table_init(void) {
+    memset(HEX_VALUE, -1, sizeof HEX_VALUE);
+    for (int i = 0; i < 10; i++) HEX_VALUE['0' + i] = (signed char)i;
+    for (int i = 0; i < 6; i++) {
+        HEX_VALUE['a' + i] = (signed char)(10 + i);
+        HEX_VALUE['A' + i] = (signed char)(10 + i);
+    }
 }
+
+static inline int hex_value(unsigned char c) { return HEX_VALUE[c]; }
 
 /* Hex text of exactly 2 * n digits (either case, as bytes.fromhex and uuid.UUID accept) into
  * n bytes; 0 if it is anything else. */
@@ -184,17 +218,39 @@ static int utf8_valid(const unsigned char *s, size_t n) {
     return 1;
 }
 
+/* Eight bytes at a time: does this word hold a byte below 0x20, a '"' or a '\\'? (The bit tricks
+ * of "Bit Twiddling Hacks", exact for "is there any": a candidate word is then walked bytewise.) */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+static inline int special_in_word(uint64_t w) {
+    uint64_t quote = w ^ (ONES * '"'), backslash = w ^ (ONES * '\\');
+    uint64_t below = (w - ONES * 0x20) & ~w;
+    uint64_t zero_q = (quote - ONES) & ~quote, zero_b = (backslash - ONES) & ~backslash;
+    return ((below | zero_q | zero_b) & HIGHS) != 0;
+}
+
+/* The length of the leading run of bytes that JSON strings hold as they are. */
+static inline size_t plain_run(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if (special_in_word(w)) break;
+    }
+    while (i < n && s[i] >= 0x20 && s[i] != '"' && s[i] != '\\') i++;
+    return i;
+}
+
 /* A JSON string as orjson (and rfc8785, identically) writes it: '"' and '\' escaped, the
  * control characters below U+0020 as \b \t \n \f \r or \u00xx, everything else raw UTF-8. */
 static Status put_json_string(Buf *b, const unsigned char *s, size_t n) {
-    TRY(buf_reserve(b, n + 2));
     TRY(buf_putc(b, '"'));
-    size_t run = 0; /* start of the current stretch of bytes copied as they are */
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
-        TRY(buf_put(b, s + run, i - run));
-        run = i + 1;
+    for (size_t i = 0;;) {
+        size_t plain = plain_run(s + i, n - i);
+        TRY(buf_put(b, s + i, plain));
+        i += plain;
+        if (i == n) break;
+        unsigned char c = s[i++];
         char esc[7] = {'\\', 0, 0, 0, 0, 0, 0};
         size_t elen = 2;
         switch (c) {
@@ -213,96 +269,151 @@ static Status put_json_string(Buf *b, const unsigned char *s, size_t n) {
         }
         TRY(buf_put(b, esc, elen));
     }
-    TRY(buf_put(b, s + run, n - run));
     return buf_putc(b, '"');
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Numbers. Three spellings of a double are needed, all from the same shortest round-trip      */
-/* digits that Python's repr() finds (PyOS_double_to_string, mode 'r'; rfc8785 itself starts  */
-/* from str(float), and orjson's digits agree, which tests/unit/test_leafscan.py checks):      */
+/* Numbers. Three spellings of a double are needed, all from its shortest round-trip digits    */
+/* (the digits repr() finds; rfc8785 starts from str(float), and orjson's digits agree):       */
 /*   REPR   - repr(float), how leaf.py writes latency_ms, upstream_latency_ms and score;       */
 /*   ORJSON - orjson.dumps(float), how choices_text() writes the choices' numbers;              */
 /*   JCS    - RFC 8785 (ECMAScript Number::toString), how digest() writes JSON fields.         */
+/* Python's own dtoa cannot be used here: its caches need the GIL. Whatever digits this code   */
+/* writes are checked to read back (strtod) as the same double, so a different double can      */
+/* never be given the same text: at worst a value spelt unlike repr() sends its entry to       */
+/* Python (tests/unit/test_leafscan.py holds the spellings to repr, orjson and rfc8785).        */
 
 typedef enum { NUM_REPR, NUM_ORJSON, NUM_JCS } NumStyle;
 
 #define MAX_SAFE_INT 9007199254740991LL /* 2**53 - 1: canonical.py's fast domain, I-JSON's */
 
+static locale_t c_locale; /* "C": the decimal point is '.' whatever the process's locale */
+
 static Status put_int(Buf *b, long long v) {
-    char tmp[32];
-    int n = snprintf(tmp, sizeof tmp, "%lld", v);
-    return buf_put(b, tmp, (size_t)n);
+    char tmp[24];
+    size_t i = sizeof tmp;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) tmp[--i] = '-';
+    return buf_put(b, tmp + i, sizeof tmp - i);
 }
 
-/* The shortest digits of a positive finite double and its decimal point position: v equals
- * 0.DIGITS x 10**decpt. */
-static Status shortest_digits(double v, char digits[24], int *ndigits, int *decpt) {
-    char *r = PyOS_double_to_string(v, 'r', 0, 0, NULL);
-    if (r == NULL) return ST_ERROR;
-    int n = 0, intlen = -1, exp10 = 0;
-    const char *p = r;
-    for (; *p && *p != 'e'; p++) {
-        if (*p == '.') {
-            intlen = n;
-        } else if (n < 23) {
-            digits[n++] = *p;
-        }
+/* Shortest digits: v (positive, finite) equals 0.DIGITS x 10**decpt when read back. */
+typedef struct {
+    char d[20];
+    int n, decpt;
+} Digits;
+
+static const double POW10[] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8, 1e9,
+                               1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17};
+
+/* The common case, few decimals (a latency rounded to the microsecond): the first k for which
+ * r = round(v * 10**k) gives back v as r / 10**k, with r and 10**k exact doubles, so that the
+ * division is correctly rounded just as reading the text "r e-k" is. */
+static int short_decimal(double v, Digits *out) {
+    for (int k = 0; k <= 17; k++) {
+        double scaled = v * POW10[k];
+        if (scaled >= 9007199254740992.0) return 0; /* 2**53: r would not be exact */
+        double r = nearbyint(scaled);
+        if (r < 1 || r / POW10[k] != v) continue;
+        char tmp[20];
+        int n = 0;
+        for (unsigned long long u = (unsigned long long)r; u; u /= 10) tmp[n++] = (char)('0' + u % 10);
+        out->decpt = n - k;
+        int lead = 0; /* digits came out reversed: trailing zeros first */
+        while (lead < n - 1 && tmp[lead] == '0') lead++;
+        out->n = n - lead;
+        for (int i = 0; i < out->n; i++) out->d[i] = tmp[n - 1 - i];
+        return 1;
     }
-    if (*p == 'e') exp10 = atoi(p + 1);
-    PyMem_Free(r);
-    if (n == 0 || n >= 23) return ST_UNSURE;
-    if (intlen < 0) intlen = n;
-    int lead = 0;
-    while (lead < n - 1 && digits[lead] == '0') lead++;
-    memmove(digits, digits + lead, (size_t)(n - lead));
-    n -= lead;
-    while (n > 1 && digits[n - 1] == '0') n--;
-    digits[n] = 0;
-    *ndigits = n;
-    *decpt = intlen - lead + exp10;
+    return 0;
+}
+
+/* The rest: the fewest significant digits p for which printf's correctly rounded %.{p-1}e reads
+ * back as v (17 always does, and if p does so does p + 1: a binary search). */
+static int printed_decimal(double v, Digits *out) {
+    char buf[40];
+    int lo = 1, hi = 17;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        snprintf(buf, sizeof buf, "%.*e", mid - 1, v);
+        if (strtod_l(buf, NULL, c_locale) == v) hi = mid;
+        else lo = mid + 1;
+    }
+    snprintf(buf, sizeof buf, "%.*e", lo - 1, v);
+    if (strtod_l(buf, NULL, c_locale) != v) return 0;
+    int n = 0;
+    const char *p = buf;
+    for (; *p && *p != 'e'; p++)
+        if (*p >= '0' && *p <= '9') out->d[n++] = *p;
+    if (*p != 'e') return 0;
+    while (n > 1 && out->d[n - 1] == '0') n--;
+    out->n = n;
+    out->decpt = atoi(p + 1) + 1;
+    return 1;
+}
+
+static Status shortest_digits(double v, Digits *out) {
+    return short_decimal(v, out) || printed_decimal(v, out) ? ST_OK : ST_UNSURE;
+}
+
+static Status put_zeros(Buf *b, int n) {
+    for (int i = 0; i < n; i++) TRY(buf_putc(b, '0'));
     return ST_OK;
+}
+
+/* Digits in fixed notation: "ddd", "dd.dd", "0.000ddd"; ``dot_zero``: "100.0" for integers. */
+static Status put_fixed(Buf *b, const Digits *g, int dot_zero) {
+    if (g->decpt <= 0) {
+        TRY(buf_lit(b, "0."));
+        TRY(put_zeros(b, -g->decpt));
+        return buf_put(b, g->d, (size_t)g->n);
+    }
+    if (g->decpt >= g->n) {
+        TRY(buf_put(b, g->d, (size_t)g->n));
+        TRY(put_zeros(b, g->decpt - g->n));
+        return dot_zero ? buf_lit(b, ".0") : ST_OK;
+    }
+    TRY(buf_put(b, g->d, (size_t)g->decpt));
+    TRY(buf_putc(b, '.'));
+    return buf_put(b, g->d + g->decpt, (size_t)(g->n - g->decpt));
+}
+
+/* Digits in exponent notation: "d.ddde+X" (``two_digit_exp``: "e+0X", as repr writes it). */
+static Status put_exponent(Buf *b, const Digits *g, int two_digit_exp) {
+    TRY(buf_putc(b, g->d[0]));
+    if (g->n > 1) {
+        TRY(buf_putc(b, '.'));
+        TRY(buf_put(b, g->d + 1, (size_t)(g->n - 1)));
+    }
+    char e[16];
+    int x = g->decpt - 1;
+    int len = snprintf(e, sizeof e, two_digit_exp ? "e%c%02d" : "e%c%d", x < 0 ? '-' : '+',
+                       x < 0 ? -x : x);
+    return buf_put(b, e, (size_t)len);
 }
 
 static Status put_double(Buf *b, double v, NumStyle style) {
     if (!isfinite(v)) return ST_UNSURE; /* repr gives 'inf'; JSON has none: leave it to Python */
-    if (style == NUM_REPR) {
-        char *r = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-        if (r == NULL) return ST_ERROR;
-        Status st = buf_puts(b, r);
-        PyMem_Free(r);
-        return st;
+    if (v == 0) {
+        if (style == NUM_JCS) return buf_lit(b, "0");
+        return signbit(v) ? buf_lit(b, "-0.0") : buf_lit(b, "0.0");
     }
-    if (v == 0) return buf_puts(b, style == NUM_JCS ? "0" : (signbit(v) ? "-0.0" : "0.0"));
     if (v < 0) TRY(buf_putc(b, '-'));
-    char d[24];
-    int k, n;
-    TRY(shortest_digits(fabs(v), d, &k, &n));
-    /* fixed notation for 10**-6 < |v| < 10**21 (ECMAScript); orjson: 10**-5 <= |v| < 10**16 */
-    int lowest = style == NUM_JCS ? -6 : -5, highest = style == NUM_JCS ? 21 : 16;
-    if (k <= n && n <= highest) { /* an integer: digits, zeros ("1e2" -> 100 / 100.0) */
-        TRY(buf_put(b, d, (size_t)k));
-        for (int i = k; i < n; i++) TRY(buf_putc(b, '0'));
-        return style == NUM_ORJSON ? buf_puts(b, ".0") : ST_OK;
+    Digits g;
+    TRY(shortest_digits(fabs(v), &g));
+    switch (style) {
+        case NUM_REPR: /* fixed for 1e-4 <= |v| < 1e16, as float_repr_style 'short' */
+            return -4 < g.decpt && g.decpt <= 16 ? put_fixed(b, &g, 1) : put_exponent(b, &g, 1);
+        case NUM_ORJSON: /* fixed for 1e-5 <= |v| < 1e16 */
+            return -5 < g.decpt && g.decpt <= 16 ? put_fixed(b, &g, 1) : put_exponent(b, &g, 0);
+        case NUM_JCS: /* fixed for 1e-6 <= |v| < 1e21, integers without ".0" */
+            return -6 < g.decpt && g.decpt <= 21 ? put_fixed(b, &g, 0) : put_exponent(b, &g, 0);
     }
-    if (0 < n && n <= highest) { /* digits with a decimal point inside */
-        TRY(buf_put(b, d, (size_t)n));
-        TRY(buf_putc(b, '.'));
-        return buf_put(b, d + n, (size_t)(k - n));
-    }
-    if (lowest < n && n <= 0) { /* 0.000ddd */
-        TRY(buf_puts(b, "0."));
-        for (int i = n; i < 0; i++) TRY(buf_putc(b, '0'));
-        return buf_put(b, d, (size_t)k);
-    }
-    TRY(buf_putc(b, d[0])); /* d.ddde+x */
-    if (k > 1) {
-        TRY(buf_putc(b, '.'));
-        TRY(buf_put(b, d + 1, (size_t)(k - 1)));
-    }
-    char e[16];
-    int elen = snprintf(e, sizeof e, "e%s%d", n - 1 > 0 ? "+" : "", n - 1);
-    return buf_put(b, e, (size_t)elen);
+    return ST_UNSURE;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -345,10 +456,7 @@ static Status tree_push(Tree *t, JType type, size_t *at) {
         size_t cap = t->cap ? t->cap * 2 : 256;
         if (cap > BUF_LIMIT / sizeof(JNode)) return ST_UNSURE;
         JNode *nodes = realloc(t->nodes, cap * sizeof(JNode));
-        if (nodes == NULL) {
-            PyErr_NoMemory();
-            return ST_ERROR;
-        }
+        if (nodes == NULL) return ST_ERROR;
         t->nodes = nodes;
         t->cap = cap;
     }
@@ -409,9 +517,9 @@ static Status parse_string(Parser *ps, size_t at) {
     Buf *out = &ps->t->strings;
     size_t off = out->len;
     for (;;) {
-        const unsigned char *run = ps->p;
-        while (ps->p < ps->end && *ps->p != '"' && *ps->p != '\\' && *ps->p >= 0x20) ps->p++;
-        TRY(buf_put(out, run, (size_t)(ps->p - run)));
+        size_t plain = plain_run(ps->p, (size_t)(ps->end - ps->p));
+        TRY(buf_put(out, ps->p, plain));
+        ps->p += plain;
         if (ps->p >= ps->end || *ps->p < 0x20) return ST_UNSURE; /* unterminated, raw control */
         if (*ps->p == '"') {
             ps->p++;
@@ -486,12 +594,7 @@ static Status parse_number(Parser *ps, size_t *at) {
         return ST_OK;
     }
     char *endp = NULL;
-    /* Python's own correctly rounded, locale-independent parser */
-    double d = PyOS_string_to_double(tok, &endp, NULL);
-    if (d == -1.0 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return ST_UNSURE;
-    }
+    double d = strtod_l(tok, &endp, c_locale); /* correctly rounded, as orjson's parser */
     if (endp != tok + n || !isfinite(d)) return ST_UNSURE; /* orjson refuses infinities */
     node->v.d = d;
     return ST_OK;
@@ -575,13 +678,10 @@ static Status parse_json(Tree *t, const unsigned char *s, size_t n) {
     return ps.p == ps.end ? ST_OK : ST_UNSURE;
 }
 
-static Tree *sort_tree; /* qsort has no context argument; the scan holds the GIL throughout */
-
-static int key_cmp(const void *a, const void *b) {
-    const JNode *ka = &sort_tree->nodes[*(const size_t *)a];
-    const JNode *kb = &sort_tree->nodes[*(const size_t *)b];
+static int key_cmp(const Tree *t, size_t a, size_t b) {
+    const JNode *ka = &t->nodes[a], *kb = &t->nodes[b];
     size_t n = ka->v.s.len < kb->v.s.len ? ka->v.s.len : kb->v.s.len;
-    int c = memcmp(sort_tree->strings.data + ka->v.s.off, sort_tree->strings.data + kb->v.s.off, n);
+    int c = memcmp(t->strings.data + ka->v.s.off, t->strings.data + kb->v.s.off, n);
     if (c) return c;
     return ka->v.s.len < kb->v.s.len ? -1 : ka->v.s.len > kb->v.s.len;
 }
@@ -589,54 +689,46 @@ static int key_cmp(const void *a, const void *b) {
 static Status emit_node(Buf *out, Tree *t, size_t at, NumStyle style);
 
 /* An object with its keys in sorted order. Keys must be ASCII (rfc8785 sorts others by UTF-16
- * code units, orjson by bytes: leave those to Python) and unique (orjson keeps the last). */
+ * code units, orjson by bytes: leave those to Python) and unique (orjson keeps the last). An
+ * object of more than MAX_KEYS members is left to Python too, which bounds the insertion sort. */
+#define MAX_KEYS 64
+
 static Status emit_object(Buf *out, Tree *t, size_t at, NumStyle style) {
-    size_t count = t->nodes[at].count, local[32];
-    size_t *keys = local; /* the key nodes, to sort; on the heap only for large objects */
-    if (count > sizeof local / sizeof *local) {
-        keys = malloc(count * sizeof(size_t));
-        if (keys == NULL) {
-            PyErr_NoMemory();
-            return ST_ERROR;
-        }
-    }
+    size_t count = t->nodes[at].count, keys[MAX_KEYS];
+    if (count > MAX_KEYS) return ST_UNSURE;
     size_t child = at + 1;
-    Status st = ST_OK;
     for (size_t i = 0; i < count; i++) {
         const JNode *key = &t->nodes[child];
         const unsigned char *k = (const unsigned char *)t->strings.data + key->v.s.off;
         for (size_t j = 0; j < key->v.s.len; j++)
-            if (k[j] >= 0x80) st = ST_UNSURE;
-        keys[i] = child;
+            if (k[j] >= 0x80) return ST_UNSURE;
+        size_t pos = i; /* insertion sort: objects here have a handful of keys */
+        while (pos > 0 && key_cmp(t, keys[pos - 1], child) > 0) {
+            keys[pos] = keys[pos - 1];
+            pos--;
+        }
+        if (pos > 0 && key_cmp(t, keys[pos - 1], child) == 0) return ST_UNSURE;
+        keys[pos] = child;
         child += 1 + t->nodes[child + 1].size;
     }
-    if (st == ST_OK) {
-        sort_tree = t;
-        qsort(keys, count, sizeof(size_t), key_cmp);
-        for (size_t i = 1; i < count && st == ST_OK; i++)
-            if (key_cmp(&keys[i - 1], &keys[i]) == 0) st = ST_UNSURE;
-    }
-    if (st == ST_OK) st = buf_putc(out, '{');
-    for (size_t i = 0; i < count && st == ST_OK; i++) {
+    TRY(buf_putc(out, '{'));
+    for (size_t i = 0; i < count; i++) {
         const JNode *key = &t->nodes[keys[i]];
-        if (i) st = buf_putc(out, ',');
-        if (st == ST_OK)
-            st = put_json_string(out, (const unsigned char *)t->strings.data + key->v.s.off,
-                                 key->v.s.len);
-        if (st == ST_OK) st = buf_putc(out, ':');
-        if (st == ST_OK) st = emit_node(out, t, keys[i] + 1, style);
+        if (i) TRY(buf_putc(out, ','));
+        TRY(put_json_string(out, (const unsigned char *)t->strings.data + key->v.s.off,
+                            key->v.s.len));
+        TRY(buf_putc(out, ':'));
+        TRY(emit_node(out, t, keys[i] + 1, style));
     }
-    if (st == ST_OK) st = buf_putc(out, '}');
-    if (keys != local) free(keys);
-    return st;
+    return buf_putc(out, '}');
 }
 
 static Status emit_node(Buf *out, Tree *t, size_t at, NumStyle style) {
     const JNode *node = &t->nodes[at];
     switch (node->type) {
-        case J_NULL: return buf_puts(out, "null");
-        case J_TRUE: return buf_puts(out, "true");
-        case J_FALSE: return buf_puts(out, "false");
+        case J_NULL: return buf_lit(out, "null");
+        case J_TRUE: return buf_lit(out, "true");
+        case J_FALSE: return buf_lit(out, "false");
         case J_INT:
             if (style == NUM_JCS && (node->v.i > MAX_SAFE_INT || node->v.i < -MAX_SAFE_INT))
                 return ST_UNSURE; /* rfc8785 refuses it */
@@ -658,156 +750,6 @@ static Status emit_node(Buf *out, Tree *t, size_t at, NumStyle style) {
         case J_OBJECT: return emit_object(out, t, at, style);
     }
     return ST_UNSURE;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* The scan's state: the database, its three cursors, the buffers reused from row to row, and  */
-/* the results gathered for Python.                                                            */
-
-typedef struct {
-    sqlite3_stmt *st;
-    int has_row;
-    long long idx;
-} Cursor;
-
-typedef struct {
-    sqlite3 *db;
-    sqlite3_stmt *entries;
-    Cursor retrievals, decisions;
-    Hasher hasher;
-    Tree tree;
-    Buf doc;     /* the leaf document being built */
-    Buf scratch; /* canonical JSON on its way to a digest */
-    PyObject *snapshots; /* model snapshot id (32 hex) -> recomputed snapshot hash */
-} Scan;
-
-/* ------------------------------------------------------------------------------------------ */
-/* Column values as SQLAlchemy hands them to leaf.py on SQLite. A value of a type SQLAlchemy   */
-/* would not have stored there (sqlite is dynamically typed) is UNSURE.                        */
-
-static Status col_text(sqlite3_stmt *st, int col, const unsigned char **s, size_t *n) {
-    *s = NULL;
-    *n = 0;
-    int type = sqlite3_column_type(st, col);
-    if (type == SQLITE_NULL) return ST_OK;
-    if (type != SQLITE_TEXT) return ST_UNSURE;
-    *s = sqlite3_column_text(st, col);
-    *n = (size_t)sqlite3_column_bytes(st, col);
-    if (*s == NULL) {
-        PyErr_NoMemory();
-        return ST_ERROR;
-    }
-    return utf8_valid(*s, *n) ? ST_OK : ST_UNSURE;
-}
-
-static Status emit_text(Buf *b, sqlite3_stmt *st, int col) {
-    const unsigned char *s;
-    size_t n;
-    TRY(col_text(st, col, &s, &n));
-    return s == NULL ? buf_puts(b, "null") : put_json_string(b, s, n);
-}
-
-static Status emit_int(Buf *b, sqlite3_stmt *st, int col) {
-    int type = sqlite3_column_type(st, col);
-    if (type == SQLITE_NULL) return buf_puts(b, "null");
-    if (type != SQLITE_INTEGER) return ST_UNSURE;
-    return put_int(b, sqlite3_column_int64(st, col));
-}
-
-/* Boolean columns hold 0 or 1; ``null_is_false`` for bool(value) in leaf.py (a NULL `cited`). */
-static Status emit_bool(Buf *b, sqlite3_stmt *st, int col, int null_is_false) {
-    int type = sqlite3_column_type(st, col);
-    if (type == SQLITE_NULL) return buf_puts(b, null_is_false ? "false" : "null");
-    if (type != SQLITE_INTEGER) return ST_UNSURE;
-    long long v = sqlite3_column_int64(st, col);
-    if (v != 0 && v != 1) return ST_UNSURE;
-    return buf_puts(b, v ? "true" : "false");
-}
-
-/* Uuid columns hold 32 hex digits; str(uuid.UUID(...)) is lowercase with dashes. */
-static Status emit_uuid(Buf *b, sqlite3_stmt *st, int col, int nullable) {
-    int type = sqlite3_column_type(st, col);
-    if (type == SQLITE_NULL) return nullable ? buf_puts(b, "null") : ST_UNSURE;
-    unsigned char raw[16];
-    if (type != SQLITE_TEXT ||
-        !from_hex(sqlite3_column_text(st, col), (size_t)sqlite3_column_bytes(st, col), raw, 16))
-        return ST_UNSURE;
-    char hex[32], out[38];
-    to_hex(raw, 16, hex);
-    size_t o = 0;
-    out[o++] = '"';
-    for (int i = 0; i < 32; i++) {
-        if (i == 8 || i == 12 || i == 16 || i == 20) out[o++] = '-';
-        out[o++] = hex[i];
-    }
-    out[o++] = '"';
-    return buf_put(b, out, o);
-}
-
-/* A REAL column as repr(float(value)) in a JSON string (leaf._float). */
-static Status emit_float_repr(Buf *b, sqlite3_stmt *st, int col) {
-    int type = sqlite3_column_type(st, col);
-    if (type == SQLITE_NULL) return buf_puts(b, "null");
-    if (type != SQLITE_FLOAT) return ST_UNSURE;
-    TRY(buf_putc(b, '"'));
-    TRY(put_double(b, sqlite3_column_double(st, col), NUM_REPR));
-    return buf_putc(b, '"');
-}
-
-static int days_in_month(int year, int month) {
-    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    return days[month - 1] + (month == 2 && leap);
-}
-
-/* UTCDateTime on SQLite is stored naive in UTC as "YYYY-MM-DD HH:MM:SS.ffffff"; leaf.timestamp
- * writes it as "YYYY-MM-DDTHH:MM:SS.ffffff+00:00". Any other stored form is UNSURE. */
-static Status emit_timestamp(Buf *b, sqlite3_stmt *st, int col, int nullable) {
-    int type = sqlite3_column_type(st, col);
-    if (type == SQLITE_NULL) return nullable ? buf_puts(b, "null") : ST_UNSURE;
-    if (type != SQLITE_TEXT || sqlite3_column_bytes(st, col) != 26) return ST_UNSURE;
-    const unsigned char *s = sqlite3_column_text(st, col);
-    static const char shape[] = "dddd-dd-dd dd:dd:dd.dddddd";
-    for (int i = 0; i < 26; i++) {
-        if (shape[i] == 'd' ? (s[i] < '0' || s[i] > '9') : s[i] != (unsigned char)shape[i])
-            return ST_UNSURE;
-    }
-#define NUM2(i) ((s[i] - '0') * 10 + (s[(i) + 1] - '0'))
-    int year = NUM2(0) * 100 + NUM2(2), month = NUM2(5), day = NUM2(8);
-    if (year < 1 || month < 1 || month > 12 || day < 1 || day > days_in_month(year, month) ||
-        NUM2(11) > 23 || NUM2(14) > 59 || NUM2(17) > 59)
-        return ST_UNSURE;
-#undef NUM2
-    char out[35];
-    out[0] = '"';
-    memcpy(out + 1, s, 26);
-    out[11] = 'T';
-    memcpy(out + 27, "+00:00\"", 7);
-    return buf_put(b, out, 34);
-}
-
-/* SHA-256 hex of the canonical JSON (RFC 8785) of a JSON column: canonical.digest(value).
- * ``null_if_null``: SQL NULL and JSON null give null (a decision's detail), not digest(None). */
-static Status emit_json_digest(Scan *s, sqlite3_stmt *st, int col, int null_if_null) {
-    const unsigned char *text;
-    size_t n;
-    TRY(col_text(st, col, &text, &n));
-    s->scratch.len = 0;
-    if (text == NULL) {
-        if (null_if_null) return buf_puts(&s->doc, "null");
-        TRY(buf_puts(&s->scratch, "null"));
-    } else {
-        TRY(parse_json(&s->tree, text, n));
-        if (null_if_null && s->tree.nodes[0].type == J_NULL) return buf_puts(&s->doc, "null");
-        TRY(emit_node(&s->scratch, &s->tree, 0, NUM_JCS));
-    }
-    unsigned char md[32];
-    char hex[66];
-    TRY(sha256_parts(&s->hasher, s->scratch.data, s->scratch.len, NULL, 0, md));
-    hex[0] = '"';
-    to_hex(md, 32, hex + 1);
-    hex[65] = '"';
-    return buf_put(&s->doc, hex, 66);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -841,25 +783,209 @@ static Status emit_json_digest(Scan *s, sqlite3_stmt *st, int col, int null_if_n
 #define AS_SQL(name, sql) sql ", "
 enum { ENTRY_COLUMNS(AS_ENUM) COL_COUNT };
 
-/* the joins as verify.py makes them; the record join only for record entries and the event
- * join only for the others, since each check reads only its own columns */
+/* one chunk [?1, ?2) of the log, with the joins verify.py makes; the record join only for
+ * record entries and the event join only for the others, since each check reads only its own
+ * columns */
 static const char ENTRIES_SQL[] =
     "SELECT " ENTRY_COLUMNS(AS_SQL) "NULL FROM log_entries l "
     "LEFT JOIN audit_records r ON l.kind = 'record' AND r.id = l.entry_id "
     "LEFT JOIN admin_events e ON l.kind <> 'record' AND e.id = l.entry_id "
-    "WHERE l.idx >= 0 AND l.idx < ?1 ORDER BY l.idx";
+    "WHERE l.idx >= ?1 AND l.idx < ?2 ORDER BY l.idx";
 
-/* lineage rows, in the order leaf.py sorts them (rank; stage then policy id, both compared
- * as code points, which is SQLite's BINARY collation on UTF-8) */
+/* the chunk's lineage rows, in the order leaf.py sorts them (rank; stage then policy id, both
+ * compared as code points, which is SQLite's BINARY collation on UTF-8) */
 static const char RETRIEVALS_SQL[] =
     "SELECT l.idx, t.rank, t.chunk_id, t.source_ref, t.score, t.cited, t.verified, "
     "t.document_version_id, t.chunk_sha256, t.superseded, t.reported FROM log_entries l "
-    "JOIN retrievals t ON t.record_id = l.entry_id WHERE l.idx >= 0 AND l.idx < ?1 "
+    "JOIN retrievals t ON t.record_id = l.entry_id WHERE l.idx >= ?1 AND l.idx < ?2 "
     "ORDER BY l.idx, t.rank";
 static const char DECISIONS_SQL[] =
     "SELECT l.idx, t.policy_id, t.stage, t.policy_sha256, t.outcome, t.detail "
     "FROM log_entries l JOIN policy_decisions t ON t.record_id = l.entry_id "
-    "WHERE l.idx >= 0 AND l.idx < ?1 ORDER BY l.idx, t.stage, t.policy_id";
+    "WHERE l.idx >= ?1 AND l.idx < ?2 ORDER BY l.idx, t.stage, t.policy_id";
+
+/* the whole log in order, for the tree: only what the tree and the order checks need */
+static const char TREE_SQL[] =
+    "SELECT idx, entry_id, leaf_sha256 FROM log_entries WHERE idx >= 0 AND idx < ?1 "
+    "ORDER BY idx";
+
+/* ------------------------------------------------------------------------------------------ */
+/* A checker's state (one per thread): its own read-only connection and statements, the       */
+/* buffers reused from row to row, and what it found.                                          */
+
+typedef struct {
+    sqlite3_stmt *st;
+    int has_row;
+    long long idx;
+} Cursor;
+
+/* model snapshot id -> recomputed snapshot hash (verify._snapshots), sorted by id */
+typedef struct {
+    unsigned char id[16];
+    char sha256[64];
+} Snapshot;
+
+typedef struct {
+    long long *idx;
+    size_t len, cap;
+} IndexList;
+
+typedef struct {
+    sqlite3 *db;
+    sqlite3_stmt *entries;
+    /* the current entry row's values, taken once per row: the sqlite3_value_* calls on them
+     * skip the per-call statement checks of sqlite3_column_* (safe here: one connection, one
+     * thread, values read before the next step) */
+    sqlite3_value *col[COL_COUNT];
+    Cursor retrievals, decisions;
+    Hasher hasher;
+    Tree tree;
+    Buf doc;     /* the leaf document being built */
+    Buf scratch; /* canonical JSON on its way to a digest */
+    const Snapshot *snapshots;
+    size_t nsnapshots;
+    long long confirmed; /* entries whose leaf and content checked */
+    IndexList recheck;   /* the others, for Python */
+    char error[256];     /* why this checker stopped, if it did */
+} Scan;
+
+static Status index_push(IndexList *l, long long idx) {
+    if (l->len == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 256;
+        long long *grown = realloc(l->idx, cap * sizeof(long long));
+        if (grown == NULL) return ST_ERROR;
+        l->idx = grown;
+        l->cap = cap;
+    }
+    l->idx[l->len++] = idx;
+    return ST_OK;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Column values as SQLAlchemy hands them to leaf.py on SQLite. A value of a type SQLAlchemy   */
+/* would not have stored there (sqlite is dynamically typed) is UNSURE.                        */
+
+static Status col_text(sqlite3_value *v, const unsigned char **s, size_t *n) {
+    *s = NULL;
+    *n = 0;
+    int type = sqlite3_value_type(v);
+    if (type == SQLITE_NULL) return ST_OK;
+    if (type != SQLITE_TEXT) return ST_UNSURE;
+    *s = sqlite3_value_text(v);
+    *n = (size_t)sqlite3_value_bytes(v);
+    if (*s == NULL) return ST_ERROR; /* out of memory */
+    return utf8_valid(*s, *n) ? ST_OK : ST_UNSURE;
+}
+
+static Status emit_text(Buf *b, sqlite3_value *v) {
+    const unsigned char *s;
+    size_t n;
+    TRY(col_text(v, &s, &n));
+    return s == NULL ? buf_lit(b, "null") : put_json_string(b, s, n);
+}
+
+static Status emit_int(Buf *b, sqlite3_value *v) {
+    int type = sqlite3_value_type(v);
+    if (type == SQLITE_NULL) return buf_lit(b, "null");
+    if (type != SQLITE_INTEGER) return ST_UNSURE;
+    return put_int(b, sqlite3_value_int64(v));
+}
+
+/* Boolean columns hold 0 or 1; ``null_is_false`` for bool(value) in leaf.py (a NULL `cited`). */
+static Status emit_bool(Buf *b, sqlite3_value *v, int null_is_false) {
+    int type = sqlite3_value_type(v);
+    if (type == SQLITE_NULL) return null_is_false ? buf_lit(b, "false") : buf_lit(b, "null");
+    if (type != SQLITE_INTEGER) return ST_UNSURE;
+    long long i = sqlite3_value_int64(v);
+    if (i != 0 && i != 1) return ST_UNSURE;
+    return i ? buf_lit(b, "true") : buf_lit(b, "false");
+}
+
+/* Uuid columns hold 32 hex digits; str(uuid.UUID(...)) is lowercase with dashes. */
+static Status emit_uuid(Buf *b, sqlite3_value *v, int nullable) {
+    int type = sqlite3_value_type(v);
+    if (type == SQLITE_NULL) return nullable ? buf_lit(b, "null") : ST_UNSURE;
+    unsigned char raw[16];
+    if (type != SQLITE_TEXT ||
+        !from_hex(sqlite3_value_text(v), (size_t)sqlite3_value_bytes(v), raw, 16))
+        return ST_UNSURE;
+    char hex[32], out[38];
+    to_hex(raw, 16, hex);
+    size_t o = 0;
+    out[o++] = '"';
+    for (int i = 0; i < 32; i++) {
+        if (i == 8 || i == 12 || i == 16 || i == 20) out[o++] = '-';
+        out[o++] = hex[i];
+    }
+    out[o++] = '"';
+    return buf_put(b, out, o);
+}
+
+/* A REAL column as repr(float(value)) in a JSON string (leaf._float). */
+static Status emit_float_repr(Buf *b, sqlite3_value *v) {
+    int type = sqlite3_value_type(v);
+    if (type == SQLITE_NULL) return buf_lit(b, "null");
+    if (type != SQLITE_FLOAT) return ST_UNSURE;
+    TRY(buf_putc(b, '"'));
+    TRY(put_double(b, sqlite3_value_double(v), NUM_REPR));
+    return buf_putc(b, '"');
+}
+
+static int days_in_month(int year, int month) {
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    return days[month - 1] + (month == 2 && leap);
+}
+
+/* UTCDateTime on SQLite is stored naive in UTC as "YYYY-MM-DD HH:MM:SS.ffffff"; leaf.timestamp
+ * writes it as "YYYY-MM-DDTHH:MM:SS.ffffff+00:00". Any other stored form is UNSURE. */
+static Status emit_timestamp(Buf *b, sqlite3_value *v, int nullable) {
+    int type = sqlite3_value_type(v);
+    if (type == SQLITE_NULL) return nullable ? buf_lit(b, "null") : ST_UNSURE;
+    if (type != SQLITE_TEXT || sqlite3_value_bytes(v) != 26) return ST_UNSURE;
+    const unsigned char *s = sqlite3_value_text(v);
+    static const char shape[] = "dddd-dd-dd dd:dd:dd.dddddd";
+    for (int i = 0; i < 26; i++) {
+        if (shape[i] == 'd' ? (s[i] < '0' || s[i] > '9') : s[i] != (unsigned char)shape[i])
+            return ST_UNSURE;
+    }
+#define NUM2(i) ((s[i] - '0') * 10 + (s[(i) + 1] - '0'))
+    int year = NUM2(0) * 100 + NUM2(2), month = NUM2(5), day = NUM2(8);
+    if (year < 1 || month < 1 || month > 12 || day < 1 || day > days_in_month(year, month) ||
+        NUM2(11) > 23 || NUM2(14) > 59 || NUM2(17) > 59)
+        return ST_UNSURE;
+#undef NUM2
+    char out[35];
+    out[0] = '"';
+    memcpy(out + 1, s, 26);
+    out[11] = 'T';
+    memcpy(out + 27, "+00:00\"", 7);
+    return buf_put(b, out, 34);
+}
+
+/* SHA-256 hex of the canonical JSON (RFC 8785) of a JSON column: canonical.digest(value).
+ * ``null_if_null``: SQL NULL and JSON null give null (a decision's detail), not digest(None). */
+static Status emit_json_digest(Scan *s, sqlite3_value *v, int null_if_null) {
+    const unsigned char *text;
+    size_t n;
+    TRY(col_text(v, &text, &n));
+    s->scratch.len = 0;
+    if (text == NULL) {
+        if (null_if_null) return buf_lit(&s->doc, "null");
+        TRY(buf_lit(&s->scratch, "null"));
+    } else {
+        TRY(parse_json(&s->tree, text, n));
+        if (null_if_null && s->tree.nodes[0].type == J_NULL) return buf_lit(&s->doc, "null");
+        TRY(emit_node(&s->scratch, &s->tree, 0, NUM_JCS));
+    }
+    unsigned char md[32];
+    char hex[66];
+    TRY(sha256_parts(&s->hasher, s->scratch.data, s->scratch.len, NULL, 0, md));
+    hex[0] = '"';
+    to_hex(md, 32, hex + 1);
+    hex[65] = '"';
+    return buf_put(&s->doc, hex, 66);
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Lineage cursors: each is stepped along the entries in index order.                          */
@@ -871,7 +997,7 @@ static Status cursor_step(Scan *s, Cursor *c) {
         return ST_OK;
     }
     if (rc != SQLITE_ROW || sqlite3_column_type(c->st, 0) != SQLITE_INTEGER) {
-        PyErr_Format(Unsupported, "reading lineage rows: %s", sqlite3_errmsg(s->db));
+        snprintf(s->error, sizeof s->error, "reading lineage rows: %s", sqlite3_errmsg(s->db));
         return ST_ERROR;
     }
     c->has_row = 1;
@@ -898,26 +1024,26 @@ static Status emit_retrievals(Scan *s, long long idx) {
     for (int first = 1; c->has_row && c->idx == idx; first = 0) {
         if (!first) TRY(buf_putc(&s->doc, ','));
         TRY(buf_putc(&s->doc, '['));
-        TRY(emit_int(&s->doc, st, 1)); /* rank */
+        TRY(emit_int(&s->doc, sqlite3_column_value(st, 1))); /* rank */
         if (sqlite3_column_type(st, 1) != SQLITE_INTEGER) return ST_UNSURE;
         TRY(buf_putc(&s->doc, ','));
-        TRY(emit_uuid(&s->doc, st, 2, 1)); /* chunk_id */
+        TRY(emit_uuid(&s->doc, sqlite3_column_value(st, 2), 1)); /* chunk_id */
         TRY(buf_putc(&s->doc, ','));
-        TRY(emit_text(&s->doc, st, 3)); /* source_ref */
+        TRY(emit_text(&s->doc, sqlite3_column_value(st, 3))); /* source_ref */
         TRY(buf_putc(&s->doc, ','));
-        TRY(emit_float_repr(&s->doc, st, 4)); /* score */
+        TRY(emit_float_repr(&s->doc, sqlite3_column_value(st, 4))); /* score */
         TRY(buf_putc(&s->doc, ','));
-        TRY(emit_bool(&s->doc, st, 5, 1)); /* cited: bool(...) */
+        TRY(emit_bool(&s->doc, sqlite3_column_value(st, 5), 1)); /* cited: bool(...) */
         TRY(buf_putc(&s->doc, ','));
-        TRY(emit_bool(&s->doc, st, 6, 0)); /* verified */
+        TRY(emit_bool(&s->doc, sqlite3_column_value(st, 6), 0)); /* verified */
         TRY(buf_putc(&s->doc, ','));
-        TRY(emit_uuid(&s->doc, st, 7, 1)); /* document_version_id */
+        TRY(emit_uuid(&s->doc, sqlite3_column_value(st, 7), 1)); /* document_version_id */
         TRY(buf_putc(&s->doc, ','));
-        TRY(emit_text(&s->doc, st, 8)); /* chunk_sha256 */
+        TRY(emit_text(&s->doc, sqlite3_column_value(st, 8))); /* chunk_sha256 */
         TRY(buf_putc(&s->doc, ','));
-        TRY(emit_bool(&s->doc, st, 9, 0)); /* superseded */
+        TRY(emit_bool(&s->doc, sqlite3_column_value(st, 9), 0)); /* superseded */
         TRY(buf_putc(&s->doc, ','));
-        TRY(emit_json_digest(s, st, 10, 1)); /* reported */
+        TRY(emit_json_digest(s, sqlite3_column_value(st, 10), 1)); /* reported */
         TRY(buf_putc(&s->doc, ']'));
         LINEAGE_STEP(s, c);
     }
@@ -935,10 +1061,10 @@ static Status emit_policies(Scan *s, long long idx) {
         if (!first) TRY(buf_putc(&s->doc, ','));
         TRY(buf_putc(&s->doc, '['));
         for (int col = 1; col <= 4; col++) { /* policy_id, stage, policy_sha256, outcome */
-            TRY(emit_text(&s->doc, st, col));
+            TRY(emit_text(&s->doc, sqlite3_column_value(st, col)));
             TRY(buf_putc(&s->doc, ','));
         }
-        TRY(emit_json_digest(s, st, 5, 1)); /* detail */
+        TRY(emit_json_digest(s, sqlite3_column_value(st, 5), 1)); /* detail */
         TRY(buf_putc(&s->doc, ']'));
         LINEAGE_STEP(s, c);
     }
@@ -948,21 +1074,21 @@ static Status emit_policies(Scan *s, long long idx) {
 /* ------------------------------------------------------------------------------------------ */
 /* Content: verify.content_problem, which must find nothing for the record to be confirmed.    */
 
-static int stored_hex_equals(sqlite3_stmt *st, int col, const unsigned char md[32]) {
+static int stored_hex_equals(sqlite3_value *v, const unsigned char md[32]) {
     char hex[64];
-    if (sqlite3_column_type(st, col) != SQLITE_TEXT || sqlite3_column_bytes(st, col) != 64)
-        return 0;
+    if (sqlite3_value_type(v) != SQLITE_TEXT || sqlite3_value_bytes(v) != 64) return 0;
     to_hex(md, 32, hex);
-    return memcmp(sqlite3_column_text(st, col), hex, 64) == 0;
+    return memcmp(sqlite3_value_text(v), hex, 64) == 0;
 }
 
-static Status content_ok(Scan *s, sqlite3_stmt *st) {
+static Status content_ok(Scan *s) {
+    sqlite3_value **col = s->col;
     const unsigned char *salt_hex, *prompt, *answer, *choices;
     size_t salt_len, prompt_len, answer_len, choices_len;
-    TRY(col_text(st, COL_R_CONTENT_SALT, &salt_hex, &salt_len));
-    TRY(col_text(st, COL_R_PROMPT, &prompt, &prompt_len));
-    TRY(col_text(st, COL_R_ANSWER, &answer, &answer_len));
-    TRY(col_text(st, COL_R_CHOICES, &choices, &choices_len));
+    TRY(col_text(col[COL_R_CONTENT_SALT], &salt_hex, &salt_len));
+    TRY(col_text(col[COL_R_PROMPT], &prompt, &prompt_len));
+    TRY(col_text(col[COL_R_ANSWER], &answer, &answer_len));
+    TRY(col_text(col[COL_R_CHOICES], &choices, &choices_len));
     /* choices_text(): the choices as orjson writes them with sorted keys (JSON null: none) */
     Buf *ctext = &s->scratch;
     ctext->len = 0;
@@ -980,19 +1106,19 @@ static Status content_ok(Scan *s, sqlite3_stmt *st) {
     size_t sn = salt_len / 2;
     if (prompt) {
         TRY(sha256_parts(&s->hasher, salt, sn, prompt, prompt_len, md));
-        if (!stored_hex_equals(st, COL_R_PROMPT_SALTED, md)) return ST_UNSURE;
+        if (!stored_hex_equals(col[COL_R_PROMPT_SALTED], md)) return ST_UNSURE;
         TRY(sha256_parts(&s->hasher, prompt, prompt_len, NULL, 0, md));
-        if (!stored_hex_equals(st, COL_R_PROMPT_SHA256, md)) return ST_UNSURE;
+        if (!stored_hex_equals(col[COL_R_PROMPT_SHA256], md)) return ST_UNSURE;
     }
     if (answer) {
         TRY(sha256_parts(&s->hasher, salt, sn, answer, answer_len, md));
-        if (!stored_hex_equals(st, COL_R_ANSWER_SALTED, md)) return ST_UNSURE;
+        if (!stored_hex_equals(col[COL_R_ANSWER_SALTED], md)) return ST_UNSURE;
         TRY(sha256_parts(&s->hasher, answer, answer_len, NULL, 0, md));
-        if (!stored_hex_equals(st, COL_R_ANSWER_SHA256, md)) return ST_UNSURE;
+        if (!stored_hex_equals(col[COL_R_ANSWER_SHA256], md)) return ST_UNSURE;
     }
     if (has_choices) {
         TRY(sha256_parts(&s->hasher, salt, sn, ctext->data, ctext->len, md));
-        if (!stored_hex_equals(st, COL_R_CHOICES_SALTED, md)) return ST_UNSURE;
+        if (!stored_hex_equals(col[COL_R_CHOICES_SALTED], md)) return ST_UNSURE;
     }
     return ST_OK;
 }
@@ -1068,56 +1194,53 @@ static const LeafField EVENT_LEAF[] = {
 
 #define LEAF_VERSION 1 /* leaf.LEAF_VERSION; the module refuses to load if they differ */
 
-static Status emit_snapshot(Scan *s, sqlite3_stmt *st, int col) {
-    int type = sqlite3_column_type(st, col);
-    if (type == SQLITE_NULL) return buf_puts(&s->doc, "null");
+static int snapshot_cmp(const void *key, const void *item) {
+    return memcmp(key, ((const Snapshot *)item)->id, 16);
+}
+
+static Status emit_snapshot(Scan *s, sqlite3_value *v) {
+    int type = sqlite3_value_type(v);
+    if (type == SQLITE_NULL) return buf_lit(&s->doc, "null");
     unsigned char raw[16];
     if (type != SQLITE_TEXT ||
-        !from_hex(sqlite3_column_text(st, col), (size_t)sqlite3_column_bytes(st, col), raw, 16))
+        !from_hex(sqlite3_value_text(v), (size_t)sqlite3_value_bytes(v), raw, 16))
         return ST_UNSURE;
-    char hex[32];
-    to_hex(raw, 16, hex);
-    PyObject *key = PyUnicode_FromStringAndSize(hex, 32);
-    if (key == NULL) return ST_ERROR;
-    PyObject *found = PyDict_GetItemWithError(s->snapshots, key); /* borrowed */
-    Py_DECREF(key);
-    if (found == NULL && PyErr_Occurred()) return ST_ERROR;
-    if (found == NULL) return buf_puts(&s->doc, "\"missing\""); /* as verify._check_record */
-    Py_ssize_t n;
-    const char *text = PyUnicode_Check(found) ? PyUnicode_AsUTF8AndSize(found, &n) : NULL;
-    if (text == NULL) return PyErr_Occurred() ? ST_ERROR : ST_UNSURE;
-    return put_json_string(&s->doc, (const unsigned char *)text, (size_t)n);
+    const Snapshot *found = s->nsnapshots == 0 ? NULL
+                            : bsearch(raw, s->snapshots, s->nsnapshots, sizeof(Snapshot),
+                                      snapshot_cmp);
+    if (found == NULL) return buf_lit(&s->doc, "\"missing\""); /* as verify._check_record */
+    return put_json_string(&s->doc, (const unsigned char *)found->sha256, 64);
 }
 
 static Status emit_field(Scan *s, const LeafField *f, long long idx, int is_record) {
-    sqlite3_stmt *st = s->entries;
+    sqlite3_value *v = f->col < 0 ? NULL : s->col[f->col];
     switch (f->kind) {
-        case V_TEXT: return emit_text(&s->doc, st, f->col);
-        case V_INT: return emit_int(&s->doc, st, f->col);
-        case V_BOOL: return emit_bool(&s->doc, st, f->col, 0);
-        case V_UUID: return emit_uuid(&s->doc, st, f->col, 0);
-        case V_UUID_OR_NULL: return emit_uuid(&s->doc, st, f->col, 1);
-        case V_FLOAT: return emit_float_repr(&s->doc, st, f->col);
-        case V_TIME: return emit_timestamp(&s->doc, st, f->col, 0);
-        case V_TIME_OR_NULL: return emit_timestamp(&s->doc, st, f->col, 1);
-        case V_JSON_DIGEST: return emit_json_digest(s, st, f->col, 0);
-        case V_JSON_DIGEST_OR_NULL: return emit_json_digest(s, st, f->col, 1);
+        case V_TEXT: return emit_text(&s->doc, v);
+        case V_INT: return emit_int(&s->doc, v);
+        case V_BOOL: return emit_bool(&s->doc, v, 0);
+        case V_UUID: return emit_uuid(&s->doc, v, 0);
+        case V_UUID_OR_NULL: return emit_uuid(&s->doc, v, 1);
+        case V_FLOAT: return emit_float_repr(&s->doc, v);
+        case V_TIME: return emit_timestamp(&s->doc, v, 0);
+        case V_TIME_OR_NULL: return emit_timestamp(&s->doc, v, 1);
+        case V_JSON_DIGEST: return emit_json_digest(s, v, 0);
+        case V_JSON_DIGEST_OR_NULL: return emit_json_digest(s, v, 1);
         case V_LEAF_VERSION: return put_int(&s->doc, LEAF_VERSION);
         case V_KIND: return buf_puts(&s->doc, is_record ? "\"record\"" : "\"event\"");
-        case V_SNAPSHOT: return emit_snapshot(s, st, f->col);
+        case V_SNAPSHOT: return emit_snapshot(s, v);
         case V_POLICIES: return emit_policies(s, idx);
         case V_RETRIEVALS: return emit_retrievals(s, idx);
-        case V_SCHEMA2_TEXT: return emit_text(&s->doc, st, f->col);
-        case V_SCHEMA2_TIME: return emit_timestamp(&s->doc, st, f->col, 1);
-        case V_IF_NOT_NULL_BOOL: return emit_bool(&s->doc, st, f->col, 0);
+        case V_SCHEMA2_TEXT: return emit_text(&s->doc, v);
+        case V_SCHEMA2_TIME: return emit_timestamp(&s->doc, v, 1);
+        case V_IF_NOT_NULL_BOOL: return emit_bool(&s->doc, v, 0);
     }
     return ST_UNSURE;
 }
 
 /* Whether a field is in this entry's document at all. */
-static int field_present(const LeafField *f, sqlite3_stmt *st, long long schema) {
+static int field_present(const Scan *s, const LeafField *f, long long schema) {
     if (f->kind == V_SCHEMA2_TEXT || f->kind == V_SCHEMA2_TIME) return schema >= 2;
-    if (f->kind == V_IF_NOT_NULL_BOOL) return sqlite3_column_type(st, f->col) != SQLITE_NULL;
+    if (f->kind == V_IF_NOT_NULL_BOOL) return sqlite3_value_type(s->col[f->col]) != SQLITE_NULL;
     return 1;
 }
 
@@ -1127,12 +1250,12 @@ static Status build_document(Scan *s, const LeafField *fields, size_t nfields, l
     TRY(buf_putc(&s->doc, '{'));
     int first = 1;
     for (size_t i = 0; i < nfields; i++) {
-        if (!field_present(&fields[i], s->entries, schema)) continue;
+        if (!field_present(s, &fields[i], schema)) continue;
         if (!first) TRY(buf_putc(&s->doc, ','));
         first = 0;
         TRY(buf_putc(&s->doc, '"'));
         TRY(buf_puts(&s->doc, fields[i].key));
-        TRY(buf_puts(&s->doc, "\":"));
+        TRY(buf_lit(&s->doc, "\":"));
         TRY(emit_field(s, &fields[i], idx, is_record));
     }
     return buf_putc(&s->doc, '}');
@@ -1147,18 +1270,18 @@ static Status leaf_matches(Scan *s, const unsigned char stored[32]) {
 }
 
 static Status check_record(Scan *s, long long idx, const unsigned char stored[32]) {
-    sqlite3_stmt *st = s->entries;
-    if (sqlite3_column_type(st, COL_R_ID) == SQLITE_NULL) return ST_UNSURE; /* deleted */
-    if (sqlite3_column_type(st, COL_R_SCHEMA_VERSION) != SQLITE_INTEGER) return ST_UNSURE;
-    long long schema = sqlite3_column_int64(st, COL_R_SCHEMA_VERSION);
+    sqlite3_value **col = s->col;
+    if (sqlite3_value_type(col[COL_R_ID]) == SQLITE_NULL) return ST_UNSURE; /* deleted */
+    if (sqlite3_value_type(col[COL_R_SCHEMA_VERSION]) != SQLITE_INTEGER) return ST_UNSURE;
+    long long schema = sqlite3_value_int64(col[COL_R_SCHEMA_VERSION]);
     if (schema != 1 && schema != 2) return ST_UNSURE; /* a version this file does not know */
-    TRY(content_ok(s, st));
+    TRY(content_ok(s));
     TRY(build_document(s, RECORD_LEAF, sizeof RECORD_LEAF / sizeof *RECORD_LEAF, idx, schema, 1));
     return leaf_matches(s, stored);
 }
 
 static Status check_event(Scan *s, long long idx, const unsigned char stored[32]) {
-    if (sqlite3_column_type(s->entries, COL_E_ID) == SQLITE_NULL) return ST_UNSURE; /* deleted */
+    if (sqlite3_value_type(s->col[COL_E_ID]) == SQLITE_NULL) return ST_UNSURE; /* deleted */
     TRY(build_document(s, EVENT_LEAF, sizeof EVENT_LEAF / sizeof *EVENT_LEAF, idx, 0, 0));
     return leaf_matches(s, stored);
 }
@@ -1206,12 +1329,60 @@ static Status range_root(CompactRange *c, Hasher *h, unsigned char out[32]) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* The walk.                                                                                   */
+/* Checking: each thread claims chunks of CHUNK log indexes and checks their entries; an entry */
+/* is confirmed or goes on the thread's recheck list.                                          */
 
-static int prepare(Scan *s, const char *sql, sqlite3_stmt **st, long long total) {
-    if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK ||
-        sqlite3_bind_int64(*st, 1, total) != SQLITE_OK) {
-        PyErr_Format(Unsupported, "preparing the scan: %s", sqlite3_errmsg(s->db));
+#define CHUNK 8192
+
+typedef struct {
+    const char *path;
+    long long total;
+    const Snapshot *snapshots;
+    size_t nsnapshots;
+    _Atomic long long next; /* the first index of the next unclaimed chunk */
+    _Atomic long long done; /* entries checked so far, for the progress bar */
+    _Atomic int stop;       /* a thread failed, or the progress callback raised */
+} Work;
+
+static int open_db(sqlite3 **db, const char *path, char *error, size_t error_size) {
+    /* read-only; NOMUTEX: a connection never leaves its thread, so SQLite's per-call locking
+     * buys nothing */
+    if (sqlite3_open_v2(path, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        snprintf(error, error_size, "opening %s read-only: %s", path,
+                 *db ? sqlite3_errmsg(*db) : "out of memory");
+        return 0;
+    }
+    sqlite3_busy_timeout(*db, 30000);
+    /* memory-map the file (pages read in place, not copied in by a system call each) and give
+     * the page cache room for the B-trees' inner pages; both are hints SQLite may ignore */
+    sqlite3_exec(*db, "PRAGMA mmap_size = 2147418112; PRAGMA cache_size = -32768", NULL, NULL,
+                 NULL);
+    /* one read transaction: the statements of this connection see one snapshot of the log */
+    if (sqlite3_exec(*db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(error, error_size, "beginning a read: %s", sqlite3_errmsg(*db));
+        return 0;
+    }
+    return 1;
+}
+
+static void close_db(sqlite3 *db) {
+    if (db == NULL) return;
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    sqlite3_close(db);
+}
+
+static int scan_open(Scan *s, const Work *w) {
+    s->snapshots = w->snapshots;
+    s->nsnapshots = w->nsnapshots;
+    if (!hasher_open(&s->hasher)) {
+        snprintf(s->error, sizeof s->error, "OpenSSL has no SHA-256");
+        return 0;
+    }
+    if (!open_db(&s->db, w->path, s->error, sizeof s->error)) return 0;
+    if (sqlite3_prepare_v2(s->db, ENTRIES_SQL, -1, &s->entries, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->db, RETRIEVALS_SQL, -1, &s->retrievals.st, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->db, DECISIONS_SQL, -1, &s->decisions.st, NULL) != SQLITE_OK) {
+        snprintf(s->error, sizeof s->error, "preparing the scan: %s", sqlite3_errmsg(s->db));
         return 0;
     }
     return 1;
@@ -1221,105 +1392,178 @@ static void scan_close(Scan *s) {
     sqlite3_finalize(s->entries);
     sqlite3_finalize(s->retrievals.st);
     sqlite3_finalize(s->decisions.st);
-    if (s->db) {
-        sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
-        sqlite3_close(s->db);
-    }
-    EVP_MD_CTX_free(s->hasher.ctx);
+    close_db(s->db);
+    hasher_close(&s->hasher);
     free(s->tree.nodes);
     free(s->tree.strings.data);
     free(s->doc.data);
     free(s->scratch.data);
+    free(s->recheck.idx);
 }
 
-static int scan_open(Scan *s, const char *path, long long total) {
-    s->hasher.ctx = EVP_MD_CTX_new();
-    s->hasher.md = EVP_sha256();
-    if (s->hasher.ctx == NULL || s->hasher.md == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL has no SHA-256 context");
-        return 0;
+/* One entry row of a chunk: confirmed, or on the recheck list. */
+static Status check_entry(Scan *s) {
+    sqlite3_value **col = s->col;
+    for (int i = 0; i < COL_COUNT; i++) col[i] = sqlite3_column_value(s->entries, i);
+    if (sqlite3_value_type(col[COL_IDX]) != SQLITE_INTEGER) {
+        snprintf(s->error, sizeof s->error, "a log index is not an integer");
+        return ST_ERROR;
     }
-    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-        PyErr_Format(Unsupported, "opening %s read-only: %s", path,
-                     s->db ? sqlite3_errmsg(s->db) : "out of memory");
-        return 0;
+    long long idx = sqlite3_value_int64(col[COL_IDX]);
+    TRY(cursor_seek(s, &s->retrievals, idx));
+    TRY(cursor_seek(s, &s->decisions, idx));
+    unsigned char stored[32];
+    int is_record = sqlite3_value_type(col[COL_KIND]) == SQLITE_TEXT &&
+                    sqlite3_value_bytes(col[COL_KIND]) == 6 &&
+                    memcmp(sqlite3_value_text(col[COL_KIND]), "record", 6) == 0;
+    Status verdict = ST_UNSURE;
+    if (sqlite3_value_type(col[COL_STORED]) == SQLITE_TEXT &&
+        from_hex(sqlite3_value_text(col[COL_STORED]), (size_t)sqlite3_value_bytes(col[COL_STORED]),
+                 stored, 32))
+        verdict = is_record ? check_record(s, idx, stored) : check_event(s, idx, stored);
+    if (verdict == ST_ERROR) return ST_ERROR;
+    if (verdict == ST_OK) {
+        s->confirmed++;
+        return ST_OK;
     }
-    sqlite3_busy_timeout(s->db, 30000);
-    /* one read transaction: the three queries see the same snapshot of the log */
-    if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-        PyErr_Format(Unsupported, "beginning a read: %s", sqlite3_errmsg(s->db));
-        return 0;
+    return index_push(&s->recheck, idx);
+}
+
+static Status check_chunk(Scan *s, long long lo, long long hi) {
+    sqlite3_stmt *stmts[] = {s->entries, s->retrievals.st, s->decisions.st};
+    for (size_t i = 0; i < 3; i++) {
+        if (sqlite3_reset(stmts[i]) != SQLITE_OK || sqlite3_bind_int64(stmts[i], 1, lo) != SQLITE_OK ||
+            sqlite3_bind_int64(stmts[i], 2, hi) != SQLITE_OK) {
+            snprintf(s->error, sizeof s->error, "binding a chunk: %s", sqlite3_errmsg(s->db));
+            return ST_ERROR;
+        }
     }
-    if (!prepare(s, ENTRIES_SQL, &s->entries, total) ||
-        !prepare(s, RETRIEVALS_SQL, &s->retrievals.st, total) ||
-        !prepare(s, DECISIONS_SQL, &s->decisions.st, total))
-        return 0;
-    return cursor_step(s, &s->retrievals) == ST_OK && cursor_step(s, &s->decisions) == ST_OK;
+    TRY(cursor_step(s, &s->retrievals));
+    TRY(cursor_step(s, &s->decisions));
+    for (;;) {
+        int rc = sqlite3_step(s->entries);
+        if (rc == SQLITE_DONE) return ST_OK;
+        if (rc != SQLITE_ROW) {
+            snprintf(s->error, sizeof s->error, "reading log entries: %s", sqlite3_errmsg(s->db));
+            return ST_ERROR;
+        }
+        TRY(check_entry(s));
+    }
+}
+
+/* Claim and check chunks until none is left; 0 if this checker failed (s->error says why).
+ * ``one``: check a single chunk and return (the calling thread, between progress reports). */
+static int check_chunks(Scan *s, Work *w, int one) {
+    while (!atomic_load(&w->stop)) {
+        long long lo = atomic_fetch_add(&w->next, CHUNK);
+        if (lo >= w->total) return 1;
+        long long hi = lo + CHUNK < w->total ? lo + CHUNK : w->total;
+        if (check_chunk(s, lo, hi) != ST_OK) {
+            if (!s->error[0]) snprintf(s->error, sizeof s->error, "out of memory or OpenSSL failed");
+            atomic_store(&w->stop, 1);
+            return 0;
+        }
+        atomic_fetch_add(&w->done, hi - lo);
+        if (one) return 1;
+    }
+    return 1;
 }
 
 typedef struct {
-    PyObject *gaps, *roots, *reordered, *recheck;
-    long long confirmed;
-} Findings;
+    Scan scan;
+    Work *work;
+    pthread_t thread;
+    int started;
+} Checker;
 
-/* Append a new tuple built by Py_BuildValue to a list. */
-static int append_new(PyObject *list, PyObject *item) {
-    if (item == NULL) return 0;
-    int rc = PyList_Append(list, item);
-    Py_DECREF(item);
-    return rc == 0;
+static void *checker_main(void *arg) {
+    Checker *c = arg;
+    uselocale(c_locale); /* printf and strtod in this thread: '.' as the decimal point */
+    if (!scan_open(&c->scan, c->work)) atomic_store(&c->work->stop, 1);
+    else check_chunks(&c->scan, c->work, 0);
+    return NULL;
 }
 
-#define PROGRESS_EVERY 20000 /* verify._CHUNK: the Python walk reports as often */
+/* ------------------------------------------------------------------------------------------ */
+/* The tree: the log's stored leaves in index order, the Merkle root at each checkpoint size,  */
+/* the missing indexes and the entries out of the sealer's order (verify._walk's order checks). */
 
-/* One entry row: the checks of verify._scan's loop, in its order. */
-static int walk_entry(Scan *s, Findings *f, CompactRange *rng, long long *expected,
-                      unsigned char last_id[16], int *have_last, long long *range_start,
-                      const long long *bounds, Py_ssize_t nbounds, Py_ssize_t *next_bound) {
-    sqlite3_stmt *st = s->entries;
-    unsigned char entry_id[16], stored[32];
-    if (sqlite3_column_type(st, COL_IDX) != SQLITE_INTEGER ||
-        sqlite3_column_type(st, COL_ENTRY_ID) != SQLITE_TEXT ||
-        sqlite3_column_type(st, COL_STORED) != SQLITE_TEXT ||
-        !from_hex(sqlite3_column_text(st, COL_ENTRY_ID),
-                  (size_t)sqlite3_column_bytes(st, COL_ENTRY_ID), entry_id, 16) ||
-        !from_hex(sqlite3_column_text(st, COL_STORED),
-                  (size_t)sqlite3_column_bytes(st, COL_STORED), stored, 32)) {
-        PyErr_SetString(Unsupported, "a log entry's index, id or leaf is not in the stored form");
-        return 0;
+typedef struct {
+    long long expected, idx;
+} Gap;
+
+typedef struct {
+    long long size, start;
+    unsigned char root[32];
+} Root;
+
+typedef struct {
+    long long idx;
+    unsigned char id[16], last[16];
+} Reorder;
+
+typedef struct {
+    Gap *gaps;
+    Root *roots; /* at most one per checkpoint size: allocated up front */
+    Reorder *reordered;
+    size_t ngaps, nroots, nreordered, cap_gaps, cap_reordered;
+    long long size;
+    char error[256];
+} LogWalk;
+
+/* Append to a growable array of ``size``-byte items; 0 when out of memory. */
+static int grow_push(void **items, size_t *len, size_t *cap, size_t size, const void *item) {
+    if (*len == *cap) {
+        size_t grown = *cap ? *cap * 2 : 16;
+        void *more = realloc(*items, grown * size);
+        if (more == NULL) return 0;
+        *items = more;
+        *cap = grown;
     }
-    long long idx = sqlite3_column_int64(st, COL_IDX);
+    memcpy((char *)*items + *len * size, item, size);
+    (*len)++;
+    return 1;
+}
+
+static int walk_fail(LogWalk *w, const char *why, sqlite3 *db) {
+    snprintf(w->error, sizeof w->error, "%s%s%s", why, db ? ": " : "", db ? sqlite3_errmsg(db) : "");
+    return 0;
+}
+
+/* One row of the tree walk, as in verify._walk: a gap, an entry out of order, a checkpoint. */
+static int walk_row(LogWalk *w, sqlite3_stmt *st, Hasher *h, CompactRange *rng,
+                    const long long *bounds, size_t nbounds, size_t *next_bound, long long *expected,
+                    long long *range_start, unsigned char last[16], int *have_last) {
+    unsigned char id[16], stored[32];
+    if (sqlite3_column_type(st, 0) != SQLITE_INTEGER || sqlite3_column_type(st, 1) != SQLITE_TEXT ||
+        sqlite3_column_type(st, 2) != SQLITE_TEXT ||
+        !from_hex(sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1), id, 16) ||
+        !from_hex(sqlite3_column_text(st, 2), (size_t)sqlite3_column_bytes(st, 2), stored, 32))
+        return walk_fail(w, "a log entry's index, id or leaf is not in the stored form", NULL);
+    long long idx = sqlite3_column_int64(st, 0);
     if (idx != *expected) {
-        if (!append_new(f->gaps, Py_BuildValue("(LL)", *expected, idx))) return 0;
+        Gap gap = {*expected, idx};
+        if (!grow_push((void **)&w->gaps, &w->ngaps, &w->cap_gaps, sizeof gap, &gap))
+            return walk_fail(w, "out of memory", NULL);
         *expected = idx;
     }
     (*expected)++;
-    if (cursor_seek(s, &s->retrievals, idx) != ST_OK || cursor_seek(s, &s->decisions, idx) != ST_OK)
-        return 0;
-    int is_record = sqlite3_column_type(st, COL_KIND) == SQLITE_TEXT &&
-                    sqlite3_column_bytes(st, COL_KIND) == 6 &&
-                    memcmp(sqlite3_column_text(st, COL_KIND), "record", 6) == 0;
-    Status verdict = is_record ? check_record(s, idx, stored) : check_event(s, idx, stored);
-    if (verdict == ST_ERROR) return 0;
-    if (verdict == ST_OK) {
-        f->confirmed++;
-    } else if (!append_new(f->recheck, PyLong_FromLongLong(idx))) {
-        return 0;
+    if (*have_last && idx > *range_start && memcmp(id, last, 16) <= 0) {
+        Reorder r;
+        r.idx = idx;
+        memcpy(r.id, id, 16);
+        memcpy(r.last, last, 16);
+        if (!grow_push((void **)&w->reordered, &w->nreordered, &w->cap_reordered, sizeof r, &r))
+            return walk_fail(w, "out of memory", NULL);
     }
-    if (*have_last && idx > *range_start && memcmp(entry_id, last_id, 16) <= 0) {
-        PyObject *item = Py_BuildValue("(Ly#y#)", idx, (const char *)entry_id, (Py_ssize_t)16,
-                                       (const char *)last_id, (Py_ssize_t)16);
-        if (!append_new(f->reordered, item)) return 0;
-    }
-    memcpy(last_id, entry_id, 16);
+    memcpy(last, id, 16);
     *have_last = 1;
-    if (range_append(rng, &s->hasher, stored) != ST_OK) return 0;
+    if (range_append(rng, h, stored) != ST_OK) return walk_fail(w, "OpenSSL failed", NULL);
     if (*next_bound < nbounds && rng->size == bounds[*next_bound]) {
-        unsigned char root[32];
-        if (range_root(rng, &s->hasher, root) != ST_OK) return 0;
-        PyObject *item = Py_BuildValue("(Ly#L)", rng->size, (const char *)root, (Py_ssize_t)32,
-                                       *range_start);
-        if (!append_new(f->roots, item)) return 0;
+        Root *root = &w->roots[w->nroots++];
+        root->size = rng->size;
+        root->start = *range_start;
+        if (range_root(rng, h, root->root) != ST_OK) return walk_fail(w, "OpenSSL failed", NULL);
         *range_start = rng->size;
         *have_last = 0;
         (*next_bound)++;
@@ -1327,87 +1571,214 @@ static int walk_entry(Scan *s, Findings *f, CompactRange *rng, long long *expect
     return 1;
 }
 
-static int report_progress(PyObject *progress, long long done, long long total) {
-    if (progress == Py_None) return 1;
-    PyObject *r = PyObject_CallFunction(progress, "LL", done, total);
-    Py_XDECREF(r);
-    return r != NULL;
-}
-
-static int walk(Scan *s, Findings *f, CompactRange *rng, long long total,
-                const long long *bounds, Py_ssize_t nbounds, PyObject *progress) {
+static int walk_log(LogWalk *w, const char *path, long long total, const long long *bounds,
+                    size_t nbounds) {
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    Hasher h = {NULL, NULL};
+    CompactRange rng;
+    rng.count = 0;
+    rng.size = 0;
     long long expected = 0, range_start = 0;
-    unsigned char last_id[16];
-    int have_last = 0;
-    Py_ssize_t next_bound = 0;
-    for (;;) {
-        int rc = sqlite3_step(s->entries);
+    unsigned char last[16];
+    int have_last = 0, ok = 1;
+    size_t next_bound = 0;
+    w->roots = malloc((nbounds ? nbounds : 1) * sizeof(Root));
+    if (w->roots == NULL || !hasher_open(&h)) ok = walk_fail(w, "out of memory", NULL);
+    if (ok && !open_db(&db, path, w->error, sizeof w->error)) ok = 0;
+    if (ok && (sqlite3_prepare_v2(db, TREE_SQL, -1, &st, NULL) != SQLITE_OK ||
+               sqlite3_bind_int64(st, 1, total) != SQLITE_OK))
+        ok = walk_fail(w, "preparing the tree walk", db);
+    while (ok) {
+        int rc = sqlite3_step(st);
         if (rc == SQLITE_DONE) break;
-        if (rc != SQLITE_ROW) {
-            PyErr_Format(Unsupported, "reading log entries: %s", sqlite3_errmsg(s->db));
-            return 0;
-        }
-        if (!walk_entry(s, f, rng, &expected, last_id, &have_last, &range_start, bounds,
-                        nbounds, &next_bound))
-            return 0;
-        if (rng->size % PROGRESS_EVERY == 0 && !report_progress(progress, rng->size, total))
-            return 0;
+        if (rc != SQLITE_ROW) ok = walk_fail(w, "reading the log", db);
+        else ok = walk_row(w, st, &h, &rng, bounds, nbounds, &next_bound, &expected,
+                           &range_start, last, &have_last);
     }
-    return report_progress(progress, total > rng->size ? total : rng->size, total);
+    w->size = rng.size;
+    sqlite3_finalize(st);
+    close_db(db);
+    hasher_close(&h);
+    return ok;
 }
 
-/* Sorted checkpoint sizes from a Python sequence of ints, in PyMem (the caller frees). */
-static long long *read_bounds(PyObject *obj, Py_ssize_t *n) {
+static void walk_free(LogWalk *w) {
+    free(w->gaps);
+    free(w->roots);
+    free(w->reordered);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The entry point. The GIL is let go for the whole walk; the calling thread walks the tree,   */
+/* then checks chunks too, taking the GIL back only to report progress.                        */
+
+static Snapshot *read_snapshots(PyObject *dict, size_t *n) {
+    *n = (size_t)PyDict_Size(dict);
+    Snapshot *out = PyMem_Calloc(*n ? *n : 1, sizeof(Snapshot));
+    if (out == NULL) return (Snapshot *)PyErr_NoMemory();
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(dict, &pos, &key, &value)) {
+        const char *k = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        const char *v = PyUnicode_Check(value) ? PyUnicode_AsUTF8(value) : NULL;
+        if (k == NULL || v == NULL || strlen(v) != 64 ||
+            !from_hex((const unsigned char *)k, strlen(k), out[i].id, 16)) {
+            PyMem_Free(out);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "snapshots: 32 hex digits -> 64 hex digits");
+            return NULL;
+        }
+        memcpy(out[i++].sha256, v, 64);
+    }
+    qsort(out, *n, sizeof(Snapshot), snapshot_cmp);
+    return out;
+}
+
+static long long *read_bounds(PyObject *obj, size_t *n) {
     PyObject *seq = PySequence_Fast(obj, "bounds must be a sequence of tree sizes");
     if (seq == NULL) return NULL;
-    *n = PySequence_Fast_GET_SIZE(seq);
-    long long *bounds = PyMem_Calloc((size_t)(*n ? *n : 1), sizeof(long long));
-    if (bounds == NULL) {
-        Py_DECREF(seq);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < *n; i++) {
-        bounds[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
+    *n = (size_t)PySequence_Fast_GET_SIZE(seq);
+    long long *bounds = PyMem_Calloc(*n ? *n : 1, sizeof(long long));
+    for (size_t i = 0; bounds != NULL && i < *n; i++) {
+        bounds[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)i));
         if (bounds[i] == -1 && PyErr_Occurred()) {
-            Py_DECREF(seq);
             PyMem_Free(bounds);
-            return NULL;
+            bounds = NULL;
         }
     }
     Py_DECREF(seq);
+    if (bounds == NULL && !PyErr_Occurred()) PyErr_NoMemory();
     return bounds;
+}
+
+/* Append a new object (NULL: its construction failed) to a list. */
+static int append_new(PyObject *list, PyObject *item) {
+    if (item == NULL) return 0;
+    int rc = PyList_Append(list, item);
+    Py_DECREF(item);
+    return rc == 0;
+}
+
+/* The findings as (size, confirmed, gaps, roots, reordered, recheck). */
+static PyObject *findings(const LogWalk *w, const Checker *checkers, int n) {
+    long long confirmed = 0;
+    PyObject *gaps = PyList_New(0), *roots = PyList_New(0), *reordered = PyList_New(0),
+             *recheck = PyList_New(0), *out = NULL;
+    int ok = gaps && roots && reordered && recheck;
+    for (size_t i = 0; ok && i < w->ngaps; i++)
+        ok = append_new(gaps, Py_BuildValue("(LL)", w->gaps[i].expected, w->gaps[i].idx));
+    for (size_t i = 0; ok && i < w->nroots; i++)
+        ok = append_new(roots, Py_BuildValue("(Ly#L)", w->roots[i].size,
+                                             (const char *)w->roots[i].root, (Py_ssize_t)32,
+                                             w->roots[i].start));
+    for (size_t i = 0; ok && i < w->nreordered; i++)
+        ok = append_new(reordered, Py_BuildValue("(Ly#y#)", w->reordered[i].idx,
+                                                 (const char *)w->reordered[i].id, (Py_ssize_t)16,
+                                                 (const char *)w->reordered[i].last,
+                                                 (Py_ssize_t)16));
+    for (int c = 0; ok && c < n; c++) {
+        confirmed += checkers[c].scan.confirmed;
+        for (size_t i = 0; ok && i < checkers[c].scan.recheck.len; i++)
+            ok = append_new(recheck, PyLong_FromLongLong(checkers[c].scan.recheck.idx[i]));
+    }
+    if (ok && PyList_Sort(recheck) == 0)
+        out = Py_BuildValue("(LLOOOO)", w->size, confirmed, gaps, roots, reordered, recheck);
+    Py_XDECREF(gaps);
+    Py_XDECREF(roots);
+    Py_XDECREF(reordered);
+    Py_XDECREF(recheck);
+    return out;
+}
+
+#define MAX_THREADS 16
+
+/* Walk the tree, then check chunks until none is left, reporting progress after each of this
+ * thread's chunks. Runs with the GIL released; takes it back only around the callback. */
+static int run_main(Checker *self, Work *work, LogWalk *walk, const long long *bounds,
+                    size_t nbounds, PyObject *progress, PyThreadState **ts) {
+    if (!walk_log(walk, work->path, work->total, bounds, nbounds)) {
+        atomic_store(&work->stop, 1);
+        return 0;
+    }
+    if (!scan_open(&self->scan, work)) {
+        atomic_store(&work->stop, 1);
+        return 0;
+    }
+    while (!atomic_load(&work->stop) && atomic_load(&work->next) < work->total) {
+        if (!check_chunks(&self->scan, work, 1)) return 0;
+        if (progress != Py_None) {
+            PyEval_RestoreThread(*ts);
+            PyObject *r = PyObject_CallFunction(progress, "LL", atomic_load(&work->done),
+                                                work->total);
+            Py_XDECREF(r);
+            *ts = PyEval_SaveThread();
+            if (r == NULL) {
+                atomic_store(&work->stop, 1);
+                return -1; /* the callback's exception is pending */
+            }
+        }
+    }
+    return 1;
 }
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     const char *path;
     long long total;
-    PyObject *bounds_obj, *snapshots, *progress;
+    int threads;
+    PyObject *bounds_obj, *snapshots_obj, *progress;
     (void)self;
-    if (!PyArg_ParseTuple(args, "sLOO!O", &path, &total, &bounds_obj, &PyDict_Type, &snapshots,
-                          &progress))
+    if (!PyArg_ParseTuple(args, "sLOO!Oi", &path, &total, &bounds_obj, &PyDict_Type,
+                          &snapshots_obj, &progress, &threads))
         return NULL;
-    Py_ssize_t nbounds;
+    if (threads < 1 || threads > MAX_THREADS) threads = threads < 1 ? 1 : MAX_THREADS;
+    size_t nbounds, nsnapshots;
     long long *bounds = read_bounds(bounds_obj, &nbounds);
     if (bounds == NULL) return NULL;
-    Scan s;
-    memset(&s, 0, sizeof s);
-    s.snapshots = snapshots;
-    CompactRange rng;
-    rng.count = 0;
-    rng.size = 0;
-    Findings f = {PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), 0};
+    Snapshot *snapshots = read_snapshots(snapshots_obj, &nsnapshots);
+    if (snapshots == NULL) {
+        PyMem_Free(bounds);
+        return NULL;
+    }
+    Work work = {.path = path, .total = total, .snapshots = snapshots, .nsnapshots = nsnapshots};
+    atomic_init(&work.next, 0);
+    atomic_init(&work.done, 0);
+    atomic_init(&work.stop, 0);
+    Checker checkers[MAX_THREADS];
+    memset(checkers, 0, sizeof checkers);
+    LogWalk walk;
+    memset(&walk, 0, sizeof walk);
+
+    PyThreadState *ts = PyEval_SaveThread();
+    locale_t previous = uselocale(c_locale);
+    for (int i = 1; i < threads; i++) {
+        checkers[i].work = &work;
+        checkers[i].started = pthread_create(&checkers[i].thread, NULL, checker_main,
+                                             &checkers[i]) == 0;
+    }
+    checkers[0].work = &work;
+    int ran = run_main(&checkers[0], &work, &walk, bounds, nbounds, progress, &ts);
+    for (int i = 1; i < threads; i++)
+        if (checkers[i].started) pthread_join(checkers[i].thread, NULL);
+    uselocale(previous);
+    PyEval_RestoreThread(ts);
+
     PyObject *result = NULL;
-    if (f.gaps && f.roots && f.reordered && f.recheck && scan_open(&s, path, total) &&
-        walk(&s, &f, &rng, total, bounds, nbounds, progress))
-        result = Py_BuildValue("(LLOOOO)", rng.size, f.confirmed, f.gaps, f.roots, f.reordered,
-                               f.recheck);
-    scan_close(&s);
+    const char *error = walk.error[0] ? walk.error : NULL;
+    for (int i = 0; error == NULL && i < threads; i++)
+        if (checkers[i].scan.error[0]) error = checkers[i].scan.error;
+    if (ran >= 0 && error != NULL) PyErr_SetString(Unsupported, error);
+    else if (ran > 0) {
+        PyObject *r = progress == Py_None
+                          ? Py_NewRef(Py_None)
+                          : PyObject_CallFunction(progress, "LL", walk.size, total);
+        if (r != NULL) result = findings(&walk, checkers, threads);
+        Py_XDECREF(r);
+    }
+    for (int i = 0; i < threads; i++) scan_close(&checkers[i].scan);
+    walk_free(&walk);
     PyMem_Free(bounds);
-    Py_XDECREF(f.gaps);
-    Py_XDECREF(f.roots);
-    Py_XDECREF(f.reordered);
-    Py_XDECREF(f.recheck);
+    PyMem_Free(snapshots);
     return result;
 }
 
@@ -1430,6 +1801,7 @@ static PyObject *status_result(Status st, Buf *b) {
     PyObject *out = NULL;
     if (st == ST_OK) out = PyBytes_FromStringAndSize(b->data ? b->data : "", (Py_ssize_t)b->len);
     else if (st == ST_UNSURE) out = Py_NewRef(Py_None);
+    else PyErr_NoMemory();
     free(b->data);
     return out;
 }
@@ -1441,7 +1813,10 @@ static PyObject *format_float(PyObject *self, PyObject *args) {
     (void)self;
     if (!PyArg_ParseTuple(args, "ds", &v, &name) || !parse_style(name, &style)) return NULL;
     Buf b = {NULL, 0, 0};
-    return status_result(put_double(&b, v, style), &b);
+    locale_t previous = uselocale(c_locale);
+    Status st = put_double(&b, v, style);
+    uselocale(previous);
+    return status_result(st, &b);
 }
 
 static PyObject *canonical_json(PyObject *self, PyObject *args) {
@@ -1455,8 +1830,10 @@ static PyObject *canonical_json(PyObject *self, PyObject *args) {
     memset(&t, 0, sizeof t);
     Buf b = {NULL, 0, 0};
     Status st = utf8_valid((const unsigned char *)text, (size_t)n) ? ST_OK : ST_UNSURE;
+    locale_t previous = uselocale(c_locale);
     if (st == ST_OK) st = parse_json(&t, (const unsigned char *)text, (size_t)n);
     if (st == ST_OK) st = emit_node(&b, &t, 0, style);
+    uselocale(previous);
     free(t.nodes);
     free(t.strings.data);
     return status_result(st, &b);
@@ -1464,8 +1841,8 @@ static PyObject *canonical_json(PyObject *self, PyObject *args) {
 
 static PyMethodDef METHODS[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(path, total, bounds, snapshots, progress) -> (size, confirmed, gaps, roots, "
-     "reordered, recheck)"},
+     "scan(path, total, bounds, snapshots, progress, threads) -> (size, confirmed, gaps, "
+     "roots, reordered, recheck)"},
     {"format_float", format_float, METH_VARARGS,
      "format_float(value, 'repr' | 'orjson' | 'jcs') -> bytes, or None when unsure"},
     {"canonical_json", canonical_json, METH_VARARGS,
@@ -1489,6 +1866,12 @@ static int sorted_keys(const LeafField *fields, size_t n) {
 }
 
 PyMODINIT_FUNC PyInit__leafscan(void) {
+    hex_table_init();
+    c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
+    if (c_locale == (locale_t)0) {
+        PyErr_SetString(PyExc_ImportError, "_leafscan: no C locale");
+        return NULL;
+    }
     if (!sorted_keys(RECORD_LEAF, sizeof RECORD_LEAF / sizeof *RECORD_LEAF) ||
         !sorted_keys(EVENT_LEAF, sizeof EVENT_LEAF / sizeof *EVENT_LEAF)) {
         PyErr_SetString(PyExc_ImportError, "_leafscan: leaf fields are not in sorted order");

@@ -10,6 +10,7 @@ def scan(
     bounds: list[int],
     snapshots: dict[str, str],
     progress: Callable[[int, int], None] | None,
+    threads: int,
     /,
 ) -> tuple[
     int,

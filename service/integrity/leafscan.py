@@ -18,6 +18,7 @@ PostgreSQL stores always take the Python path.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,12 @@ def database_file(engine: Engine) -> Path | None:
     return path if path.is_file() else None
 
 
+def _threads() -> int:
+    """Checker threads: one per CPU this process may run on, at most four (reading the store
+    becomes the limit before more would help)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+
+
 def scan(
     engine: Engine,
     *,
@@ -76,7 +83,7 @@ def scan(
     hashes = {snapshot_id.hex: sha for snapshot_id, sha in snapshots.items()}
     try:
         size, confirmed, gaps, roots, reordered, recheck = _leafscan.scan(
-            str(path), total, list(bounds), hashes, progress
+            str(path), total, list(bounds), hashes, progress, _threads()
         )
     except _leafscan.Unsupported:
         return None

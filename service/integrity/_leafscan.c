@@ -303,9 +303,11 @@ static Status put_int(Buf *b, long long v) {
 
 /* Shortest digits: v (positive, finite) equals 0.DIGITS x 10**decpt when read back. */
 typedef struct {
-    char d[20];
+    char d[24];
     int n, decpt;
 } Digits;
+
+static void set_digits(Digits *out, unsigned long long m, int scale);
 
 static const double POW10[] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8, 1e9,
                                1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17};
@@ -314,45 +316,73 @@ static const double POW10[] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8
  * r = round(v * 10**k) gives back v as r / 10**k, with r and 10**k exact doubles, so that the
  * division is correctly rounded just as reading the text "r e-k" is. */
 static int short_decimal(double v, Digits *out) {
+    int exp2;
+    if (frexp(v, &exp2) == 0.5) return 0; /* a power of two: see printed_decimal */
     for (int k = 0; k <= 17; k++) {
         double scaled = v * POW10[k];
         if (scaled >= 9007199254740992.0) return 0; /* 2**53: r would not be exact */
         double r = nearbyint(scaled);
         if (r < 1 || r / POW10[k] != v) continue;
-        char tmp[20];
-        int n = 0;
-        for (unsigned long long u = (unsigned long long)r; u; u /= 10) tmp[n++] = (char)('0' + u % 10);
-        out->decpt = n - k;
-        int lead = 0; /* digits came out reversed: trailing zeros first */
-        while (lead < n - 1 && tmp[lead] == '0') lead++;
-        out->n = n - lead;
-        for (int i = 0; i < out->n; i++) out->d[i] = tmp[n - 1 - i];
+        set_digits(out, (unsigned long long)r, -k);
         return 1;
     }
     return 0;
 }
 
-/* The rest: the fewest significant digits p for which printf's correctly rounded %.{p-1}e reads
- * back as v (17 always does, and if p does so does p + 1: a binary search). */
-static int printed_decimal(double v, Digits *out) {
+/* Digits and decimal point of the integer m times 10**scale. */
+static void set_digits(Digits *out, unsigned long long m, int scale) {
+    char tmp[24];
+    int n = 0;
+    for (; m; m /= 10) tmp[n++] = (char)('0' + m % 10); /* least significant first */
+    int lead = 0;
+    while (lead < n - 1 && tmp[lead] == '0') lead++;
+    out->n = n - lead;
+    for (int i = 0; i < out->n; i++) out->d[i] = tmp[n - 1 - i];
+    out->decpt = n + scale;
+}
+
+/* The text printf writes for v with p significant digits, as the integer m x 10**scale;
+ * returns that decimal's value read back. */
+static double printed(double v, int p, unsigned long long *m, int *scale) {
     char buf[40];
-    int lo = 1, hi = 17;
+    snprintf(buf, sizeof buf, "%.*e", p - 1, v);
+    unsigned long long digits = 0;
+    const char *c = buf;
+    for (; *c && *c != 'e'; c++)
+        if (*c >= '0' && *c <= '9') digits = digits * 10 + (unsigned long long)(*c - '0');
+    *m = digits;
+    *scale = (*c == 'e' ? atoi(c + 1) : 0) - (p - 1);
+    return strtod_l(buf, NULL, c_locale);
+}
+
+static double decimal_value(unsigned long long m, int scale) {
+    char buf[48];
+    snprintf(buf, sizeof buf, "%llue%d", m, scale);
+    return strtod_l(buf, NULL, c_locale);
+}
+
+/* The rest: the fewest significant digits p for which printf's correctly rounded %.{p-1}e reads
+ * back as v (17 always do, and if p do so do p + 1: a binary search). A power of two's rounding
+ * interval is twice as wide above it as below, so there a shorter decimal on the wide side may
+ * read back as v though the nearest one of its length does not: repr() takes it, and so do we. */
+static int printed_decimal(double v, Digits *out) {
+    unsigned long long m;
+    int scale, lo = 1, hi = 17;
     while (lo < hi) {
         int mid = (lo + hi) / 2;
-        snprintf(buf, sizeof buf, "%.*e", mid - 1, v);
-        if (strtod_l(buf, NULL, c_locale) == v) hi = mid;
+        if (printed(v, mid, &m, &scale) == v) hi = mid;
         else lo = mid + 1;
     }
-    snprintf(buf, sizeof buf, "%.*e", lo - 1, v);
-    if (strtod_l(buf, NULL, c_locale) != v) return 0;
-    int n = 0;
-    const char *p = buf;
-    for (; *p && *p != 'e'; p++)
-        if (*p >= '0' && *p <= '9') out->d[n++] = *p;
-    if (*p != 'e') return 0;
-    while (n > 1 && out->d[n - 1] == '0') n--;
-    out->n = n;
-    out->decpt = atoi(p + 1) + 1;
+    if (printed(v, lo, &m, &scale) != v) return 0;
+    set_digits(out, m, scale);
+    int exp2;
+    if (frexp(v, &exp2) != 0.5) return 1;
+    for (int p = lo - 1; p >= 1; p--) { /* the other neighbour of v at each shorter length */
+        double nearest = printed(v, p, &m, &scale);
+        unsigned long long other = nearest < v ? m + 1 : m - 1;
+        if (other == 0 || decimal_value(other, scale) != v) break;
+        set_digits(out, other, scale);
+    }
     return 1;
 }
 

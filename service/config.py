@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     log_origin: str = Field(default="provenant.local/audit-log", min_length=1, max_length=200)
     seal_interval_s: float = Field(default=2.0, gt=0)
     max_merge_delay_s: int = Field(default=60, ge=1)
+    verify_native: bool = Field(
+        default=True,
+        description="`provenant verify` walks SQLite stores with the C scan when it is built "
+        "(integrity.leafscan); false forces the Python walk (same findings, slower)",
+    )
     # model registry (MLflow)
     mlflow_tracking_uri: str = Field(
         default="sqlite:///./data/mlflow.db", min_length=1, max_length=2000

@@ -71,6 +71,13 @@ def verify(
     ] = None,
     origin: Annotated[str | None, typer.Option(help="log origin (PROVENANT_LOG_ORIGIN)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    native: Annotated[
+        bool,
+        typer.Option(
+            help="walk an SQLite store with the C scan when it is built (the findings are the "
+            "same; --no-native, or PROVENANT_VERIFY_NATIVE=0, forces the Python walk)"
+        ),
+    ] = True,
 ) -> None:
     """Recompute every leaf, rebuild the tree, check every checkpoint; name what was changed.
     Exit 0 if the log verifies, 1 if anything was altered, deleted, inserted or reordered."""
@@ -112,6 +119,7 @@ def verify(
                 publics=publics,
                 max_merge_delay_s=settings.max_merge_delay_s,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                native=native and settings.verify_native,
             )
     finally:
         engine.dispose()
@@ -128,6 +136,7 @@ def _print(report: Any, as_json: bool, *, pack: bool = False) -> None:
             "latest_checkpoint": report.latest_checkpoint,
             "unsigned_tail": report.unsigned_tail,
             "pending": report.pending,
+            "natively_confirmed": report.natively_confirmed,
             "problems": [p.__dict__ for p in report.problems],
         }
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")

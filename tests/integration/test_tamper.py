@@ -28,7 +28,7 @@ from service.db.engine import make_engine
 from service.db.migrate import upgrade
 from service.documents.models import Chunk, Document, DocumentVersion
 from service.gateway.writer import AuditWriter
-from service.integrity import signing
+from service.integrity import leafscan, signing
 from service.integrity.canonical import digest
 from service.integrity.log import Sealer
 from service.integrity.verify import Report, verify
@@ -54,7 +54,15 @@ class Store:
     signer: signing.Signer
 
     def verify(self) -> Report:
-        return verify(self.engine, origin=ORIGIN)
+        """The report, from the native walk where it runs (SQLite), which must name exactly
+        what the Python walk names."""
+        report = verify(self.engine, origin=ORIGIN)
+        python = verify(self.engine, origin=ORIGIN, native=False)
+        assert _named(report) == _named(python)
+        assert (report.entries, report.tree_size) == (python.entries, python.tree_size)
+        native = self.engine.dialect.name == "sqlite" and leafscan.available()
+        assert (report.natively_confirmed > 0) == native  # the C scan really ran (or not)
+        return report
 
     def attack(self, *statements: str, **params: object) -> None:
         """Run SQL as an attacker: on PostgreSQL with triggers disabled (superuser)."""
@@ -63,6 +71,10 @@ class Store:
                 conn.execute(text("SET LOCAL session_replication_role = replica"))
             for sql in statements:
                 conn.execute(text(sql), params)
+
+
+def _named(report: Report) -> list[tuple[str, str | None, int | None, str]]:
+    return [(p.kind, p.entry_id, p.index, p.detail) for p in report.problems]
 
 
 def _hex(conn: Connection, value: uuid.UUID) -> str:
@@ -203,6 +215,8 @@ def test_an_untouched_log_verifies(store: Store) -> None:
     report = store.verify()
     assert report.ok, report.problems
     assert report.tree_size == 13 and report.checkpoints == 2 and report.latest_checkpoint == 13
+    if store.engine.dialect.name == "sqlite":  # the event, the RAG and model records included
+        assert report.natively_confirmed == 13
 
 
 def test_a_changed_answer_is_named(store: Store) -> None:

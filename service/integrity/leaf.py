@@ -9,6 +9,11 @@ lineage rows (retrievals, policy decisions, the model snapshot's hash) are part 
 altering any of them is detected. Records of schema version 2 on also commit to their retention
 class and retain-until time. The same functions build leaves at write time and in
 ``provenant verify``; an independent verifier needs only this description.
+
+A second implementation of this description, in C, is ``_leafscan.c`` (``provenant verify``'s
+native scan of SQLite stores, see ``leafscan``); it only ever confirms a leaf, Python judges every
+other, and ``tests/unit/test_leafscan.py`` and ``tests/integration/test_native_verify.py`` hold it
+to the leaves built here. A change to the leaf is made in both (and ``LEAF_VERSION`` in both).
 """
 
 from __future__ import annotations

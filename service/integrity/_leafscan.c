@@ -787,7 +787,8 @@ static Status emit_node(Buf *out, Tree *t, size_t at, NumStyle style) {
 
 /* ------------------------------------------------------------------------------------------ */
 /* The main query: one row per log entry, with its record's or admin event's columns. The      */
-/* X-macro keeps the select list and the column numbers in one place.                          */
+/* X-macro keeps the select list and the column numbers in one place: the entry's columns,    */
+/* then the record's (from R_ID), then the event's (from E_ID), as check_entry reads them.     */
 
 #define ENTRY_COLUMNS(X)                                                                  \
     X(IDX, "l.idx") X(KIND, "l.kind") X(ENTRY_ID, "l.entry_id") X(STORED, "l.leaf_sha256") \
@@ -898,15 +899,22 @@ static Status index_push(IndexList *l, long long idx) {
 /* Column values as SQLAlchemy hands them to leaf.py on SQLite. A value of a type SQLAlchemy   */
 /* would not have stored there (sqlite is dynamically typed) is UNSURE.                        */
 
+/* A TEXT value's UTF-8 bytes, as stored. Not sqlite3_value_text(): that copies the text to
+ * NUL-terminate it, which was the scan's largest single cost; the length is what counts here
+ * (text may hold NUL). The database's encoding was checked to be UTF-8 when it was opened. */
+static const unsigned char *text_of(sqlite3_value *v) {
+    const unsigned char *p = sqlite3_value_blob(v);
+    return p ? p : (const unsigned char *)"";
+}
+
 static Status col_text(sqlite3_value *v, const unsigned char **s, size_t *n) {
     *s = NULL;
     *n = 0;
     int type = sqlite3_value_type(v);
     if (type == SQLITE_NULL) return ST_OK;
     if (type != SQLITE_TEXT) return ST_UNSURE;
-    *s = sqlite3_value_text(v);
     *n = (size_t)sqlite3_value_bytes(v);
-    if (*s == NULL) return ST_ERROR; /* out of memory */
+    *s = text_of(v);
     return utf8_valid(*s, *n) ? ST_OK : ST_UNSURE;
 }
 
@@ -939,7 +947,7 @@ static Status emit_uuid(Buf *b, sqlite3_value *v, int nullable) {
     int type = sqlite3_value_type(v);
     if (type == SQLITE_NULL) return nullable ? buf_lit(b, "null") : ST_UNSURE;
     if (type != SQLITE_TEXT || sqlite3_value_bytes(v) != 32) return ST_UNSURE;
-    const unsigned char *hex = sqlite3_value_text(v);
+    const unsigned char *hex = text_of(v);
     char out[38];
     size_t o = 0;
     out[o++] = '"';
@@ -975,7 +983,7 @@ static Status emit_timestamp(Buf *b, sqlite3_value *v, int nullable) {
     int type = sqlite3_value_type(v);
     if (type == SQLITE_NULL) return nullable ? buf_lit(b, "null") : ST_UNSURE;
     if (type != SQLITE_TEXT || sqlite3_value_bytes(v) != 26) return ST_UNSURE;
-    const unsigned char *s = sqlite3_value_text(v);
+    const unsigned char *s = text_of(v);
     static const char shape[] = "dddd-dd-dd dd:dd:dd.dddddd";
     for (int i = 0; i < 26; i++) {
         if (shape[i] == 'd' ? (s[i] < '0' || s[i] > '9') : s[i] != (unsigned char)shape[i])
@@ -1110,7 +1118,7 @@ static int stored_hex_equals(sqlite3_value *v, const unsigned char md[32]) {
     char hex[64];
     if (sqlite3_value_type(v) != SQLITE_TEXT || sqlite3_value_bytes(v) != 64) return 0;
     to_hex(md, 32, hex);
-    return memcmp(sqlite3_value_text(v), hex, 64) == 0;
+    return memcmp(text_of(v), hex, 64) == 0;
 }
 
 static Status content_ok(Scan *s) {
@@ -1238,7 +1246,7 @@ static Status emit_snapshot(Scan *s, sqlite3_value *v) {
     if (type == SQLITE_NULL) return buf_lit(&s->doc, "null");
     unsigned char raw[16];
     if (type != SQLITE_TEXT ||
-        !from_hex(sqlite3_value_text(v), (size_t)sqlite3_value_bytes(v), raw, 16))
+        !from_hex(text_of(v), (size_t)sqlite3_value_bytes(v), raw, 16))
         return ST_UNSURE;
     const Snapshot *found = s->nsnapshots == 0 ? NULL
                             : bsearch(raw, s->snapshots, s->nsnapshots, sizeof(Snapshot),
@@ -1403,6 +1411,17 @@ static int open_db(sqlite3 **db, const char *path, char *error, size_t error_siz
         snprintf(error, error_size, "beginning a read: %s", sqlite3_errmsg(*db));
         return 0;
     }
+    /* text is read as the bytes stored (text_of): they must be UTF-8 */
+    sqlite3_stmt *st = NULL;
+    int utf8 = sqlite3_prepare_v2(*db, "PRAGMA encoding", -1, &st, NULL) == SQLITE_OK &&
+               sqlite3_step(st) == SQLITE_ROW &&
+               sqlite3_column_text(st, 0) != NULL &&
+               strcmp((const char *)sqlite3_column_text(st, 0), "UTF-8") == 0;
+    sqlite3_finalize(st);
+    if (!utf8) {
+        snprintf(error, error_size, "the database's text encoding is not UTF-8");
+        return 0;
+    }
     return 1;
 }
 
@@ -1445,7 +1464,7 @@ static void scan_close(Scan *s) {
 /* One entry row of a chunk: confirmed, or on the recheck list. */
 static Status check_entry(Scan *s) {
     sqlite3_value **col = s->col;
-    for (int i = 0; i < COL_COUNT; i++) col[i] = sqlite3_column_value(s->entries, i);
+    for (int i = COL_IDX; i < COL_R_ID; i++) col[i] = sqlite3_column_value(s->entries, i);
     if (sqlite3_value_type(col[COL_IDX]) != SQLITE_INTEGER) {
         snprintf(s->error, sizeof s->error, "a log index is not an integer");
         return ST_ERROR;
@@ -1456,10 +1475,13 @@ static Status check_entry(Scan *s) {
     unsigned char stored[32];
     int is_record = sqlite3_value_type(col[COL_KIND]) == SQLITE_TEXT &&
                     sqlite3_value_bytes(col[COL_KIND]) == 6 &&
-                    memcmp(sqlite3_value_text(col[COL_KIND]), "record", 6) == 0;
+                    memcmp(text_of(col[COL_KIND]), "record", 6) == 0;
+    /* only the columns of the entry's own table: a record's, or an admin event's */
+    int first = is_record ? COL_R_ID : COL_E_ID, last = is_record ? COL_E_ID : COL_COUNT;
+    for (int i = first; i < last; i++) col[i] = sqlite3_column_value(s->entries, i);
     Status verdict = ST_UNSURE;
     if (sqlite3_value_type(col[COL_STORED]) == SQLITE_TEXT &&
-        from_hex(sqlite3_value_text(col[COL_STORED]), (size_t)sqlite3_value_bytes(col[COL_STORED]),
+        from_hex(text_of(col[COL_STORED]), (size_t)sqlite3_value_bytes(col[COL_STORED]),
                  stored, 32))
         verdict = is_record ? check_record(s, idx, stored) : check_event(s, idx, stored);
     if (verdict == ST_ERROR) return ST_ERROR;
@@ -1578,8 +1600,10 @@ static int walk_row(LogWalk *w, sqlite3_stmt *st, Hasher *h, CompactRange *rng,
     unsigned char id[16], stored[32];
     if (sqlite3_column_type(st, 0) != SQLITE_INTEGER || sqlite3_column_type(st, 1) != SQLITE_TEXT ||
         sqlite3_column_type(st, 2) != SQLITE_TEXT ||
-        !from_hex(sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1), id, 16) ||
-        !from_hex(sqlite3_column_text(st, 2), (size_t)sqlite3_column_bytes(st, 2), stored, 32))
+        !from_hex(text_of(sqlite3_column_value(st, 1)), (size_t)sqlite3_column_bytes(st, 1), id,
+                  16) ||
+        !from_hex(text_of(sqlite3_column_value(st, 2)), (size_t)sqlite3_column_bytes(st, 2),
+                  stored, 32))
         return walk_fail(w, "a log entry's index, id or leaf is not in the stored form", NULL);
     long long idx = sqlite3_column_int64(st, 0);
     if (idx != *expected) {

@@ -438,11 +438,10 @@ def _unlogged(conn: Connection, report: Report, max_merge_delay_s: float) -> Non
     report.pending = len(pending)
     late = utcnow() - timedelta(seconds=max_merge_delay_s)
     for table, what in ((AuditRecord, "record"), (AdminEvent, "admin event")):
-        orphans = conn.execute(
-            select(table.id)
-            .outerjoin(LogEntry, LogEntry.entry_id == table.id)
-            .where(LogEntry.idx.is_(None))
-        ).scalars()
+        # NOT EXISTS: answered from the entry_id index alone (an outer join read each entry's
+        # row too, a third of a million-record verify's time outside the leaves)
+        logged = select(LogEntry.idx).where(LogEntry.entry_id == table.id).exists()
+        orphans = conn.execute(select(table.id).where(~logged)).scalars()
         for entry_id in orphans:
             if entry_id not in pending:
                 report.problems.append(

@@ -1235,7 +1235,7 @@ static const LeafField EVENT_LEAF[] = {
     FIELD("v", V_LEAF_VERSION, -1),
 };
 
-#define LEAF_VERSION 1 /* leaf.LEAF_VERSION; the module refuses to load if they differ */
+#define LEAF_VERSION 1 /* leaf.LEAF_VERSION: leafscan.available() is false if they differ */
 
 static int snapshot_cmp(const void *key, const void *item) {
     return memcmp(key, ((const Snapshot *)item)->id, 16);

@@ -61,8 +61,8 @@ def database_file(engine: Engine) -> Path | None:
 
 
 def _threads() -> int:
-    """Checker threads: one per CPU this process may run on, at most four (reading the store
-    becomes the limit before more would help)."""
+    """Checker threads: one per CPU this process may run on, at most four (each holds its own
+    connection and buffers; only two-CPU machines were measured)."""
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
 

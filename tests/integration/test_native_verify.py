@@ -161,7 +161,7 @@ def _write(store: Store, specs: list[dict[str, Any]]) -> None:
             body["user"] = spec["user"]
         ex = Exchange(store.principal, "support", "rag", body, "llama-3")
         ex.retrievals = [{"rank": r, **row} for r, row in enumerate(spec["retrievals"])]
-        ex.decisions = spec["decisions"]
+        ex.decisions = [{**d, "record_id": ex.id} for d in spec["decisions"]]
         ex.lineage_stale = spec["lineage_stale"]
         ex.retention = spec["retention"]
         ex.content_mode = spec["content_mode"]

@@ -69,7 +69,9 @@ class Source:
             "rank": self.ref,
             "chunk_id": self.chunk_id,
             "source_ref": self.source_ref,
-            "score": self.score,
+            # -0.0 as 0.0: SQLite keeps an integral REAL as an integer, so a stored -0.0 reads
+            # back as 0.0 and its record's leaf (which spells "-0.0") would no longer verify
+            "score": None if self.score is None else self.score + 0.0,
             "cited": self.cited,
             "verified": self.verified,
             "document_version_id": self.version_id,

@@ -3,6 +3,8 @@ extractive generator, file-type detection."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -107,3 +109,11 @@ def test_file_types_come_from_the_extension_then_the_declared_type() -> None:
         media_type_for("sheet.xlsx", "text/plain")
     with pytest.raises(UnsupportedDocumentType):
         media_type_for(None, "application/octet-stream")
+
+
+def test_a_negative_zero_score_is_recorded_as_zero() -> None:
+    # SQLite reads a stored -0.0 back as 0.0: a leaf that spelled "-0.0" would never verify
+    row = Source(ref=1, score=-0.0).retrieval_row()
+    assert math.copysign(1.0, row["score"]) == 1.0
+    assert Source(ref=1, score=-0.25).retrieval_row()["score"] == -0.25
+    assert Source(ref=1).retrieval_row()["score"] is None

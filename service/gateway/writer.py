@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures as cf
 import contextlib
 import logging
+import operator
 import queue
 import threading
 import time
@@ -26,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect, Engine, Table, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 from service.errors import StoreUnavailable
 
@@ -231,40 +233,38 @@ class _Insert:
     def __init__(self, table: Table, dialect: Dialect) -> None:
         compiled = table.insert().compile(dialect=dialect)
         self.sql = compiled.string
-        names = compiled.positiontup or list(compiled.binds)
         self.positional = compiled.positiontup is not None
-        self.columns: list[tuple[str, str, Callable[[Any], Any] | None, Any]] = []
-        for name in names:
-            column = table.c[compiled.binds[name].key]
-            default = column.default
-            self.columns.append(
-                (
-                    column.key,
-                    name,
-                    column.type.dialect_impl(dialect).bind_processor(dialect),
-                    getattr(default, "arg", None) if getattr(default, "is_scalar", False) else None,
-                )
-            )
+        self.names = compiled.positiontup or list(compiled.binds)
+        columns = [table.c[compiled.binds[name].key] for name in self.names]
+        keys = [c.key for c in columns]
+        # every key present (the usual row): one C-level look-up for the whole row
+        self._values: Callable[[dict[str, Any]], Any] = (
+            operator.itemgetter(*keys) if len(keys) > 1 else (lambda row: (row[keys[0]],))
+        )
+        # a partial row: what is missing takes the column's Python-side scalar default
+        self._defaults = [
+            (c.key, c.default.arg if isinstance(c.default, ScalarElementColumnDefault) else None)
+            for c in columns
+        ]
+        self._processors = [
+            (i, proc)
+            for i, c in enumerate(columns)
+            if (proc := c.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        ]
 
     def run(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        if self.positional:
-            params: list[Any] = [
-                tuple(
-                    (v if proc is None or v is None else proc(v))
-                    for key, _, proc, dflt in self.columns
-                    for v in (row.get(key, dflt),)
-                )
-                for row in rows
-            ]
-        else:
-            params = [
-                {
-                    name: (v if proc is None or v is None else proc(v))
-                    for key, name, proc, dflt in self.columns
-                    for v in (row.get(key, dflt),)
-                }
-                for row in rows
-            ]
+        params: list[Any] = []
+        for row in rows:
+            try:
+                values = list(self._values(row))
+            except KeyError:
+                values = [row.get(key, default) for key, default in self._defaults]
+            for i, proc in self._processors:
+                if values[i] is not None:
+                    values[i] = proc(values[i])
+            params.append(
+                tuple(values) if self.positional else dict(zip(self.names, values, strict=True))
+            )
         conn.exec_driver_sql(self.sql, params)
 
 

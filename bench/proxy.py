@@ -480,10 +480,16 @@ def sink_counts(url: str) -> dict[str, int]:
 
 
 def extract_revision(rev: str, into: Path) -> Path:
-    """The ``service`` package and migrations at git revision ``rev``, in ``into``."""
+    """The ``service`` package, migrations and policy bundles at git revision ``rev``, in
+    ``into`` (the gateway loads ``policies/default.yaml`` from its working directory: without
+    it the revision would run with no policies and look faster than it is)."""
     into.mkdir(parents=True, exist_ok=True)
+    listed = subprocess.run(
+        ["git", "ls-tree", "--name-only", rev], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
+    paths = [p for p in ("service", "migrations", "policies") if p in listed]
     archive = subprocess.run(
-        ["git", "archive", rev, "service", "migrations"], cwd=ROOT, check=True, capture_output=True
+        ["git", "archive", rev, *paths], cwd=ROOT, check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into

@@ -1,0 +1,93 @@
+"""Interleaved A/B of this checkout against a git revision: throughput at 64 connections.
+
+Both gateways run side by side against one demo upstream, each on its own fresh store (PostgreSQL
+by default, or SQLite), and wrk measures them in alternating order for ``--rounds`` rounds, so
+drift on a shared machine hits both alike. The revision runs from ``git archive`` (its
+``service``, ``migrations`` and ``policies``) exactly as ``bench/proxy.py --baseline`` runs it.
+An A/A run (``--rev HEAD``) shows the harness's own noise.
+
+Usage: ``.venv/bin/python bench/ab.py --rev cc6c642 [--rounds 4 --duration 10 --sqlite]``.
+Prints the medians; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proxy import (  # bench/ is not a package: proxy.py is beside this file
+    MODEL_FAST,
+    PROVENANT,
+    WORK,
+    Processes,
+    Runner,
+    extract_revision,
+    free_port,
+    log,
+    reset_postgres,
+    start_provenant,
+    wait_ready,
+)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rev", required=True, help="the git revision to compare this checkout with")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--duration", type=float, default=10, help="seconds per measurement")
+    p.add_argument("--sqlite", action="store_true", help="SQLite stores instead of PostgreSQL")
+    p.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = p.parse_args()
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        log("wrk not found: install it (Debian: apt-get install -y wrk)")
+        return 2
+    WORK.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="ab-", dir=WORK))
+    procs = Processes(tmp, None)
+    results: dict[str, list[tuple[float, float]]] = {"checkout": [], args.rev: []}
+    try:
+        up_port = free_port()
+        upstream = f"http://127.0.0.1:{up_port}/v1"
+        up = procs.start(
+            "upstream", [PROVENANT, "demo-upstream", "--port", str(up_port)], dict(os.environ)
+        )
+        wait_ready(procs, "upstream", up, f"{upstream}/chat/completions", None, 30)
+        code = extract_revision(args.rev, tmp / "code")
+        targets = {}
+        for i, name in enumerate(results):
+            if args.sqlite:
+                url = f"sqlite:///{tmp}/ab{i}.db"
+            else:
+                reset_postgres(args.pg_admin_url, f"provenant_ab{i}")
+                url = args.pg_admin_url.rsplit("/", 1)[0] + f"/provenant_ab{i}"
+            targets[name] = start_provenant(
+                procs, f"ab{i}", url, tmp, upstream, 60, code=code if i else None
+            )
+        runner = Runner(wrk, None, args.duration, 2, tmp, tmp / "wrk-raw.txt")
+        names = list(results)
+        for r in range(args.rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                t = targets[name]
+                assert t.proc is not None
+                m = runner.measure(name, "c", t.url, MODEL_FAST, t.key, 64, t.proc.pid)
+                results[name].append((m.rps, m.cpu_us_per_req or float("nan")))
+    finally:
+        procs.stop_all()
+    for name, runs in results.items():
+        rps = statistics.median(r for r, _ in runs)
+        cpu = statistics.median(c for _, c in runs)
+        rounds = ", ".join(f"{r:.0f}" for r, _ in runs)
+        log(f"{name}: median {rps:.0f} req/s, {cpu:.0f} us CPU/req (rounds: {rounds})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

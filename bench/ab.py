@@ -13,7 +13,6 @@ Prints the medians; nothing is written.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -24,16 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proxy import (  # bench/ is not a package: proxy.py is beside this file
     MODEL_FAST,
-    PROVENANT,
     WORK,
     Processes,
     Runner,
     extract_revision,
-    free_port,
     log,
     reset_postgres,
+    start_demo_upstream,
     start_provenant,
-    wait_ready,
 )
 
 
@@ -54,12 +51,7 @@ def main() -> int:
     procs = Processes(tmp, None)
     results: dict[str, list[tuple[float, float]]] = {"checkout": [], args.rev: []}
     try:
-        up_port = free_port()
-        upstream = f"http://127.0.0.1:{up_port}/v1"
-        up = procs.start(
-            "upstream", [PROVENANT, "demo-upstream", "--port", str(up_port)], dict(os.environ)
-        )
-        wait_ready(procs, "upstream", up, f"{upstream}/chat/completions", None, 30)
+        upstream = start_demo_upstream(procs)
         code = extract_revision(args.rev, tmp / "code")
         targets = {}
         for i, name in enumerate(results):

@@ -30,18 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proxy import (  # bench/ is not a package: proxy.py is beside this file
     MODEL_FAST,
-    PROVENANT,
     RESULTS,
     ROOT,
     WORK,
     Processes,
     Runner,
-    free_port,
     git_revision,
     load_average,
     log,
+    start_demo_upstream,
     start_provenant,
-    wait_ready,
 )
 
 from service.lineage.records import redact_json
@@ -132,12 +130,7 @@ def main() -> int:
     rps: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     try:
-        up_port = free_port()
-        upstream = f"http://127.0.0.1:{up_port}/v1"
-        up = procs.start(
-            "upstream", [PROVENANT, "demo-upstream", "--port", str(up_port)], dict(os.environ)
-        )
-        wait_ready(procs, "upstream", up, f"{upstream}/chat/completions", None, 30)
+        upstream = start_demo_upstream(procs)
         targets = {}
         for bundle in ("none", "default", "finance"):
             path = "none" if bundle == "none" else str(ROOT / "policies" / f"{bundle}.yaml")

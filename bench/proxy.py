@@ -479,6 +479,17 @@ def sink_counts(url: str) -> dict[str, int]:
     return counts
 
 
+def start_demo_upstream(procs: Processes) -> str:
+    """The demo upstream (answers at once) on a free loopback port, ready; its base URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    proc = procs.start(
+        "upstream", [PROVENANT, "demo-upstream", "--port", str(port)], dict(os.environ)
+    )
+    wait_ready(procs, "upstream", proc, f"{url}/chat/completions", None, 30)
+    return url
+
+
 def extract_revision(rev: str, into: Path) -> Path:
     """The ``service`` package, migrations and policy bundles at git revision ``rev``, in
     ``into`` (the gateway loads ``policies/default.yaml`` from its working directory: without

@@ -343,16 +343,13 @@ class _Compiled:
     row_base: dict[str, Any] = field(default_factory=dict)
     public_base: dict[str, Any] = field(default_factory=dict)
     # what a failed check records (content_mode and retention only ever apply)
-    failed: str = FLAGGED
-    applies_only: bool = False
-    # what a violation's detail adds, so a violations report needs no bundle
-    violation: dict[str, Any] = field(default_factory=dict)
+    failed: str = field(init=False)
+    applies_only: bool = field(init=False)
 
     def __post_init__(self) -> None:
         p = self.policy
         object.__setattr__(self, "failed", _OUTCOME[p.action or Action.flag])
         object.__setattr__(self, "applies_only", isinstance(p.check, ContentMode | Retention))
-        self.violation.update(severity=p.severity, frameworks=list(p.frameworks))
         self.row_base.update(policy_id=p.id, stage=p.stage.value, policy_sha256=self.sha256)
         self.public_base.update(
             id=p.id,
@@ -487,8 +484,11 @@ class Engine:
             elif result.failed:
                 outcome = c.failed
                 # what a violations report needs, even after the bundle has changed
-                detail = {**(detail or {}), **c.violation}
-                detail["frameworks"] = list(c.violation["frameworks"])
+                detail = {
+                    **(detail or {}),
+                    "severity": c.policy.severity,
+                    "frameworks": list(c.policy.frameworks),
+                }
             else:
                 outcome = PASS
             decision = Decision(c.policy, c.sha256, outcome, detail, c.row_base, c.public_base)

@@ -153,6 +153,30 @@ def test_max_input_tokens_boundary() -> None:
     assert out.blocked is not None and out.decisions[0].detail["estimated_tokens"] == 11
 
 
+def test_a_violation_records_its_severity_and_frameworks_and_a_pass_does_not() -> None:
+    e = engine(
+        {
+            "stage": "pre",
+            "check": {"type": "max_input_tokens", "limit": 1},
+            "action": "block",
+            "severity": "high",
+            "frameworks": ["EU-AI-Act:Art12"],
+        }
+    )
+    blocked = e.pre(facts(prompt=["x" * 40])).decisions[0]
+    assert blocked.detail is not None
+    assert (blocked.detail["severity"], blocked.detail["frameworks"]) == (
+        "high",
+        ["EU-AI-Act:Art12"],
+    )
+    blocked.detail["frameworks"].append("changed")  # each decision has its own copy
+    again = e.pre(facts(prompt=["x" * 40])).decisions[0]
+    assert again.detail is not None and again.detail["frameworks"] == ["EU-AI-Act:Art12"]
+    passed = e.pre(facts(prompt=["x"])).decisions[0]
+    assert passed.outcome == PASS and passed.detail is not None
+    assert "severity" not in passed.detail
+
+
 # --- model, citations, grounding, staleness ------------------------------------------------
 
 

@@ -6,7 +6,8 @@ drift on a shared machine hits both alike. The revision runs from ``git archive`
 ``service``, ``migrations`` and ``policies``) exactly as ``bench/proxy.py --baseline`` runs it.
 An A/A run (``--rev HEAD``) shows the harness's own noise.
 
-Usage: ``.venv/bin/python bench/ab.py --rev cc6c642 [--rounds 4 --duration 10 --sqlite]``.
+Usage: ``.venv/bin/python bench/ab.py --rev cc6c642 [--rounds 4 --duration 10 --sqlite
+--bundle finance]``.
 Prints the medians; nothing is written.
 """
 
@@ -40,6 +41,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--duration", type=float, default=10, help="seconds per measurement")
     p.add_argument("--sqlite", action="store_true", help="SQLite stores instead of PostgreSQL")
+    p.add_argument(
+        "--bundle",
+        help="policy bundle both run (a name in each side's policies/, or 'none'); default: "
+        "the gateway's default",
+    )
     p.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = p.parse_args()
     wrk = shutil.which("wrk")
@@ -60,8 +66,16 @@ def main() -> int:
             else:
                 reset_postgres(args.pg_admin_url, f"provenant_ab{i}")
                 url = args.pg_admin_url.rsplit("/", 1)[0] + f"/provenant_ab{i}"
+            env = {}
+            if args.bundle:
+                root = code if i else Path(__file__).resolve().parent.parent
+                env["PROVENANT_POLICY_BUNDLE"] = (
+                    "none"
+                    if args.bundle == "none"
+                    else str(root / "policies" / f"{args.bundle}.yaml")
+                )
             targets[name] = start_provenant(
-                procs, f"ab{i}", url, tmp, upstream, 60, code=code if i else None
+                procs, f"ab{i}", url, tmp, upstream, 60, extra_env=env, code=code if i else None
             )
         runner = Runner(wrk, None, args.duration, 2, tmp, tmp / "wrk-raw.txt")
         names = list(results)

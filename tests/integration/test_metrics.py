@@ -130,6 +130,32 @@ def test_the_sealer_reports_its_checkpoints_and_the_backlog_drains(
     assert time.time() - 60 < last <= time.time()
 
 
+def test_steady_traffic_gets_a_checkpoint_per_seal_interval_not_per_few_answers(
+    gateway: GatewayServer, tenant: TenantKeys, scraper_key: str
+) -> None:
+    """The sealer seals what is pending when it wakes (every 0.2 s here), then sleeps: answers
+    arriving while it seals wait for its next run instead of keeping it sealing back to back
+    (which had signed a checkpoint every few answers for as long as traffic lasted)."""
+    auth = {"Authorization": f"Bearer {tenant.app}"}
+    body = {"model": "echo", "messages": [{"role": "user", "content": "keep going"}]}
+    before = scrape(gateway, scraper_key)
+    started = time.monotonic()
+    answers = 0
+    with httpx.Client(headers=auth, timeout=10) as client:
+        while time.monotonic() - started < 3.0:
+            r = client.post(f"{gateway.url}/v1/chat/completions", json=body)
+            assert r.is_success
+            answers += 1
+    elapsed = time.monotonic() - started
+    after = scrape(gateway, scraper_key)
+    checkpoints = value(after, "provenant_sealer_checkpoints_total") - value(
+        before, "provenant_sealer_checkpoints_total"
+    )
+    assert answers >= 60, "too little traffic to tell"
+    # one run per interval (plus the one running when traffic began, and timer slack)
+    assert 1 <= checkpoints <= elapsed / 0.2 + 3, (checkpoints, answers, elapsed)
+
+
 @pytest.fixture
 def unsealed_store(database_url: str, tmp_path: Path) -> Iterator[str]:
     """A fresh database of the same kind that no gateway (so no sealer) touches."""

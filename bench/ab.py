@@ -40,6 +40,7 @@ def main() -> int:
     p.add_argument("--rev", required=True, help="the git revision to compare this checkout with")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--duration", type=float, default=10, help="seconds per measurement")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections")
     p.add_argument("--sqlite", action="store_true", help="SQLite stores instead of PostgreSQL")
     p.add_argument(
         "--bundle",
@@ -55,7 +56,7 @@ def main() -> int:
     WORK.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="ab-", dir=WORK))
     procs = Processes(tmp, None)
-    results: dict[str, list[tuple[float, float]]] = {"checkout": [], args.rev: []}
+    results: dict[str, list[tuple[float, float, float]]] = {"checkout": [], args.rev: []}
     try:
         upstream = start_demo_upstream(procs)
         code = extract_revision(args.rev, tmp / "code")
@@ -83,15 +84,21 @@ def main() -> int:
             for name in names if r % 2 == 0 else names[::-1]:
                 t = targets[name]
                 assert t.proc is not None
-                m = runner.measure(name, "c", t.url, MODEL_FAST, t.key, 64, t.proc.pid)
-                results[name].append((m.rps, m.cpu_us_per_req or float("nan")))
+                m = runner.measure(
+                    name, "c", t.url, MODEL_FAST, t.key, args.connections, t.proc.pid
+                )
+                results[name].append((m.rps, m.cpu_us_per_req or float("nan"), m.p50_ms))
     finally:
         procs.stop_all()
     for name, runs in results.items():
-        rps = statistics.median(r for r, _ in runs)
-        cpu = statistics.median(c for _, c in runs)
-        rounds = ", ".join(f"{r:.0f}" for r, _ in runs)
-        log(f"{name}: median {rps:.0f} req/s, {cpu:.0f} us CPU/req (rounds: {rounds})")
+        rps = statistics.median(r for r, _, _ in runs)
+        cpu = statistics.median(c for _, c, _ in runs)
+        rounds = ", ".join(f"{r:.0f}" for r, _, _ in runs)
+        p50 = statistics.median(p for _, _, p in runs)
+        log(
+            f"{name}: median {rps:.0f} req/s, {cpu:.0f} us CPU/req, p50 {p50:.3f} ms "
+            f"(rounds: {rounds})"
+        )
     return 0
 
 

@@ -284,23 +284,17 @@ _background: set[asyncio.Task[None]] = set()
 
 def settle_heap() -> None:
     """Once the application is built: move what start-up made (modules, routes, compiled
-    policies, SQLAlchemy metadata: ~170,000 objects) out of the collector's reach, and collect
-    the young generation after 7,000 net allocations instead of 700.
+    policies, SQLAlchemy metadata: ~170,000 objects) out of the collector's reach.
 
     Measured under load (64 connections, SQLite): with CPython's defaults each full collection
     walked the whole start-up heap (~75 ms, one every ~1,500 answers, ~50 us per answer in
-    all); after ``gc.freeze()`` full collections take ~3 ms. Almost everything an answer
-    allocates is freed by reference counting when it ends, so what a young collection walks is
-    mostly the answers still in flight: at 700 one ran every ~11 answers (~0.2 ms each, ~25-35
-    us per answer with the older generations); at 7,000 one runs every ~1,000 answers (~1-2 ms),
-    ~2-3 us per answer, resident memory unchanged (140-150 MiB over 100,000 answers).
-    Interleaved, 3 rounds: SQLite +12% answers/s without policies, +8% with ``finance``;
-    PostgreSQL +5%. (Session 5 measured 10,000 as a loss on PostgreSQL, 748 vs 1,013 answers/s;
-    that run also had the sealer sealing back to back, since fixed, and did not reproduce.)"""
+    all); after ``gc.freeze()`` full collections take ~3 ms. The young-generation threshold
+    stays at CPython's default (700): at 7,000 the collector's own time fell from ~25-35 to
+    ~2-3 us per answer (``gc.callbacks``), yet interleaved A/Bs showed no gain (SQLite, 8
+    rounds: 1,376 vs 1,418 answers/s; PostgreSQL: 871 vs 887), the young generation then
+    holding ten times the garbage between collections."""
     gc.collect()
     gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(7_000, older, oldest)
 
 
 def _drain_on_sigterm(app: FastAPI, delay_s: float) -> None:

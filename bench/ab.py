@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proxy import (  # bench/ is not a package: proxy.py is beside this file
     MODEL_FAST,
+    ROOT,
     WORK,
     Processes,
     Runner,
@@ -69,7 +70,7 @@ def main() -> int:
                 url = args.pg_admin_url.rsplit("/", 1)[0] + f"/provenant_ab{i}"
             env = {}
             if args.bundle:
-                root = code if i else Path(__file__).resolve().parent.parent
+                root = code if i else ROOT
                 env["PROVENANT_POLICY_BUNDLE"] = (
                     "none"
                     if args.bundle == "none"

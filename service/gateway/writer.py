@@ -206,9 +206,12 @@ def _pipeline(conn: Connection) -> contextlib.AbstractContextManager[Any]:
     """PostgreSQL: the batch's BEGIN, INSERTs and COMMIT sent in one go (psycopg's pipeline
     mode) and their results read once, at the commit: one round trip per batch instead of one
     per statement. Any error still surfaces, at the latest when the commit syncs."""
+    if conn.dialect.name != "postgresql":
+        return contextlib.nullcontext()  # SQLite: an in-process driver, no round trips
     driver = conn.connection.driver_connection
-    pipeline = getattr(driver, "pipeline", None)
-    return pipeline() if pipeline is not None else contextlib.nullcontext()
+    assert driver is not None, "a live connection"
+    pipeline: contextlib.AbstractContextManager[Any] = driver.pipeline()
+    return pipeline
 
 
 def _settle(batch: list[tuple[Rows, Waiter]], error: BaseException | None) -> None:

@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from filelock import FileLock, Timeout
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text
+from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, text
 from sqlalchemy.engine import make_url
 
 from service.db.base import utcnow
+from service.db.inserts import Inserts
 from service.integrity import merkle
 from service.integrity.models import Checkpoint, LogEntry, LogPending, SigningKey, TreeNode
 from service.integrity.signing import Signer, b64url, checkpoint_body
@@ -98,6 +99,7 @@ class Sealer:
         self._batch = batch
         url = make_url(str(engine.url))
         self._sqlite = url.get_backend_name() == "sqlite"
+        self._inserts = Inserts(engine.dialect) if self._sqlite else None
         self._lock_path: Path | None = None
         if self._sqlite and url.database and url.database != ":memory:":
             self._lock_path = Path(url.database + ".sealer.lock")
@@ -156,35 +158,35 @@ class Sealer:
     def _seal_batch(self) -> Sealed | None:
         started = time.perf_counter()
         with self._engine.connect() as conn:
+            if (
+                not self._sqlite
+                and not conn.execute(
+                    text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY}
+                ).scalar()
+            ):
+                conn.rollback()
+                return None
+            # SQLite has one write lock for the whole database, and every answer's commit
+            # needs it: the reading, hashing and signing happen before it is taken (the
+            # sealer's file lock keeps other sealers out, so the log cannot change meanwhile;
+            # the size is checked again under the write lock all the same)
+            batch = self._prepare(conn)
+            if batch is None:
+                conn.rollback()
+                return None
+            entries, nodes, rng, note = batch
+            size, root = rng.size - len(entries), rng.root()
+            locked = time.perf_counter()
             if self._sqlite:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock before reading
-            elif not conn.execute(
-                text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY}
-            ).scalar():
                 conn.rollback()
-                return None
-            pending = conn.execute(
-                select(LogPending.entry_id, LogPending.kind, LogPending.leaf_sha256)
-                .order_by(LogPending.entry_id)
-                .limit(self._batch)
-            ).all()
-            if not pending:
-                conn.rollback()
-                return None
-            size = tree_size(conn)
-            rng = StoredTree(conn).border(size)
-            entries, nodes = [], []
-            for i, (entry_id, kind, leaf_hex) in enumerate(pending):
-                entries.append(
-                    {"idx": size + i, "kind": kind, "entry_id": entry_id, "leaf_sha256": leaf_hex}
-                )
-                for level, index, h in rng.append(bytes.fromhex(leaf_hex)):
-                    nodes.append({"level": level, "idx": index, "hash": h})
-            root = rng.root()
-            conn.execute(insert(LogEntry), entries)
-            if nodes:
-                conn.execute(insert(TreeNode), nodes)
-            note = self._signer.sign_note(checkpoint_body(self._signer.origin, rng.size, root))
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                locked = time.perf_counter()  # the wait for the lock is not holding it
+                if tree_size(conn) != size:
+                    conn.rollback()
+                    log.warning("the log grew while a seal was prepared; sealing again later")
+                    return None
+            self._insert(conn, cast(Table, LogEntry.__table__), entries)
+            self._insert(conn, cast(Table, TreeNode.__table__), nodes)
             conn.execute(
                 insert(Checkpoint).values(
                     tree_size=rng.size,
@@ -200,13 +202,49 @@ class Sealer:
                     delete(LogPending).where(LogPending.entry_id.in_(ids[start : start + 500]))
                 )
             conn.commit()
+        done = time.perf_counter()
         log.info(
-            "sealed %d entries: tree size %d (%.0f ms)",
+            "sealed %d entries: tree size %d (%.0f ms; write lock held %.0f ms)",
             len(entries),
             rng.size,
-            (time.perf_counter() - started) * 1000,
+            (done - started) * 1000,
+            (done - locked) * 1000,
         )
         return Sealed(len(entries), rng.size, root)
+
+    def _prepare(
+        self, conn: Connection
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], merkle.CompactRange, str] | None:
+        """The next batch: its log entries, the tree nodes they complete, the extended range
+        and its signed checkpoint note; None if nothing is pending."""
+        pending = conn.execute(
+            select(LogPending.entry_id, LogPending.kind, LogPending.leaf_sha256)
+            .order_by(LogPending.entry_id)
+            .limit(self._batch)
+        ).all()
+        if not pending:
+            return None
+        size = tree_size(conn)
+        rng = StoredTree(conn).border(size)
+        entries, nodes = [], []
+        for i, (entry_id, kind, leaf_hex) in enumerate(pending):
+            entries.append(
+                {"idx": size + i, "kind": kind, "entry_id": entry_id, "leaf_sha256": leaf_hex}
+            )
+            for level, index, h in rng.append(bytes.fromhex(leaf_hex)):
+                nodes.append({"level": level, "idx": index, "hash": h})
+        note = self._signer.sign_note(checkpoint_body(self._signer.origin, rng.size, rng.root()))
+        return entries, nodes, rng, note
+
+    def _insert(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Thousands of rows: on SQLite as multi-row statements (a statement per row hands the
+        GIL back and forth with a busy event loop for each, under the write lock)."""
+        if not rows:
+            return
+        if self._inserts is None:
+            conn.execute(insert(table), rows)
+        else:
+            self._inserts.of(table).run_multirow(conn, rows)
 
 
 async def seal_periodically(

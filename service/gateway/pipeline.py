@@ -91,8 +91,9 @@ def message_texts(messages: Any) -> list[str]:
 
 def _decided(ex: Exchange, outcome: Outcome) -> None:
     """Put a stage's decisions on the exchange: rows for the record, views for the answer."""
-    ex.decisions.extend(d.row(ex.id) for d in outcome.decisions)
-    ex.policy_view.extend(d.public() for d in outcome.decisions)
+    record_id = ex.id
+    ex.decisions += [d.row(record_id) for d in outcome.decisions]
+    ex.policy_view += [d.view for d in outcome.decisions]
 
 
 def _blocked_error(decision: Decision) -> PolicyBlocked:

@@ -36,13 +36,23 @@ def prompt_text(messages: list[Any]) -> str:
 
 
 def redact_json(value: Any, redact: Callable[[str], str]) -> Any:
-    """A copy of a JSON value with ``redact`` applied to every string in it (not to keys)."""
+    """The JSON value with ``redact`` applied to every string in it (not to keys). Copy on
+    write: a list or object in which nothing changed is returned as it is (most prompts and
+    answers have nothing to redact), so the result may share parts with ``value``."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, list):
-        return [redact_json(v, redact) for v in value]
+        items = [redact_json(v, redact) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     if isinstance(value, dict):
-        return {k: redact_json(v, redact) for k, v in value.items()}
+        changed: dict[str, Any] | None = None
+        for k, v in value.items():
+            new = redact_json(v, redact)
+            if new is not v:
+                if changed is None:
+                    changed = dict(value)
+                changed[k] = new
+        return value if changed is None else changed
     return value
 
 

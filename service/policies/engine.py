@@ -6,9 +6,12 @@ their decisions, the first blocking one, and what to redact. No I/O happens here
 registry said about the model and what retrieval returned come in the ``Facts``.
 
 The per-answer values (``Facts``, ``Result``, ``Decision``, ``Outcome``, ``Storage``) are
-slotted dataclasses nothing changes once built. They are not declared frozen: a frozen
+slotted objects nothing changes once built. They are not declared frozen: a frozen
 dataclass's ``__init__`` sets each field through ``object.__setattr__`` and costs about four
-times as much, which a bundle of ten policies would pay some twenty times per answer.
+times as much, which a bundle of ten policies would pay some twenty times per answer. Most
+decisions are the same from answer to answer (a pass with nothing to say, a check that does not
+apply, a content mode or retention class in force): their checks return a shared ``Result`` and
+the decision, its row template and its public view are built once per compiled policy.
 """
 
 from __future__ import annotations
@@ -89,39 +92,49 @@ class Facts:
 
 @dataclass(slots=True)
 class Result:
-    """What one check found: failed or not (None: does not apply), and why, without values."""
+    """What one check found: failed or not (None: does not apply), and why, without values.
+
+    ``shared``: the same object answers for every answer it fits (a pass with nothing to say,
+    a check that does not apply, a detail fixed when the bundle was compiled), so its decision
+    is built once per compiled policy, not once per answer."""
 
     failed: bool | None
     detail: dict[str, Any] | None = None  # None: nothing to say (most passes)
+    shared: bool = field(default=False, compare=False)
+
+
+# the results most answers get, shared (see ``Result.shared``)
+PASSED = Result(False, shared=True)
+NOT_APPLICABLE = Result(None, shared=True)
 
 
 CheckFn = Callable[[Facts, Stage], Result]
 
 
-@dataclass(slots=True)
 class Decision:
-    """One policy's decision about one answer."""
+    """One policy's decision about one answer: the policy, its hash, the outcome and its detail,
+    with the answer-independent part of its ``policy_decisions`` row (``row`` adds the record
+    id) and ``view``, the decision as ``provenance.policies`` shows it.
 
-    policy: Policy
-    policy_sha256: str
-    outcome: str
-    detail: dict[str, Any] | None
-    # the per-policy parts of row() and public(), built once per compiled policy
-    row_base: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    public_base: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    A decision from a shared result (``Result.shared``) is itself shared by every answer that
+    gets it: nothing may change it, its detail or its view."""
+
+    __slots__ = ("detail", "outcome", "policy", "policy_sha256", "template", "view")
+
+    def __init__(self, compiled: _Compiled, outcome: str, detail: dict[str, Any] | None) -> None:
+        self.policy = compiled.policy
+        self.policy_sha256 = compiled.sha256
+        self.outcome = outcome
+        self.detail = detail
+        self.template = {**compiled.row_base, "outcome": outcome, "detail": detail}
+        self.view = {**compiled.public_base, "outcome": outcome, "detail": detail}
 
     def row(self, record_id: Any) -> dict[str, Any]:
         """The ``policy_decisions`` row of this decision about record ``record_id``."""
-        return {
-            **self.row_base,
-            "record_id": record_id,
-            "outcome": self.outcome,
-            "detail": self.detail,
-        }
+        return {**self.template, "record_id": record_id}
 
-    def public(self) -> dict[str, Any]:
-        """The decision as ``provenance.policies`` shows it."""
-        return {**self.public_base, "outcome": self.outcome, "detail": self.detail}
+    def __repr__(self) -> str:
+        return f"Decision({self.policy.id!r}, {self.outcome!r}, {self.detail!r})"
 
 
 @dataclass(slots=True)
@@ -155,6 +168,8 @@ def estimate_tokens(texts: Sequence[str]) -> int:
 
 
 def _approved_model(check: ApprovedModel) -> CheckFn:
+    unregistered = Result(None, {"message": "route has no registry link"}, shared=True)
+    unserved = Result(True, {"message": "no registered model version serves this route"}, True)
     aliases = frozenset(check.aliases)
     tags = dict(check.tags)
 
@@ -162,8 +177,8 @@ def _approved_model(check: ApprovedModel) -> CheckFn:
         model = facts.model
         if model is None:
             if check.allow_unregistered:
-                return Result(None, {"message": "route has no registry link"})
-            return Result(True, {"message": "no registered model version serves this route"})
+                return unregistered
+            return unserved
         held = set(model.get("aliases") or ()) | ({model["alias"]} if model.get("alias") else set())
         model_tags = model.get("tags") or {}
         by_alias = bool(aliases & held)
@@ -179,7 +194,7 @@ def _approved_model(check: ApprovedModel) -> CheckFn:
 def _require_citations(check: RequireCitations) -> CheckFn:
     def run(facts: Facts, _: Stage) -> Result:
         if facts.route_kind not in RAG_KINDS:
-            return Result(None)
+            return NOT_APPLICABLE
         cited = sum(1 for s in facts.sources if s.cited)
         detail: dict[str, Any] = {"cited": cited, "required": check.min_cited}
         if cited < check.min_cited:
@@ -191,9 +206,11 @@ def _require_citations(check: RequireCitations) -> CheckFn:
 
 
 def _grounding(check: Grounding) -> CheckFn:
+    too_short = Result(None, {"message": "no sentence long enough to check"}, shared=True)
+
     def run(facts: Facts, _: Stage) -> Result:
         if facts.route_kind not in RAG_KINDS:
-            return Result(None)
+            return NOT_APPLICABLE
         sources = [_words(s.text) for s in facts.sources]
         sentences = [
             words
@@ -201,7 +218,7 @@ def _grounding(check: Grounding) -> CheckFn:
             if len(words := _words(part)) >= 3
         ]
         if not sentences:
-            return Result(None, {"message": "no sentence long enough to check"})
+            return too_short
         supported = sum(
             1
             for words in sentences
@@ -225,7 +242,7 @@ def _grounding(check: Grounding) -> CheckFn:
 def _stale_sources(check: StaleSources) -> CheckFn:
     def run(facts: Facts, _: Stage) -> Result:
         if facts.route_kind not in RAG_KINDS:
-            return Result(None)
+            return NOT_APPLICABLE
         stale = [
             i + 1
             for i, s in enumerate(facts.sources)
@@ -235,7 +252,7 @@ def _stale_sources(check: StaleSources) -> CheckFn:
             return Result(
                 True, {"stale_refs": stale, "message": f"{len(stale)} superseded source(s)"}
             )
-        return Result(False)
+        return PASSED
 
     return run
 
@@ -256,7 +273,7 @@ def _pii(check: Pii) -> CheckFn:
         if found:
             kinds = pii.counts(found)
             return Result(True, {"found": kinds, "message": f"personal data: {sorted(kinds)}"})
-        return Result(False)
+        return PASSED
 
     return run
 
@@ -270,11 +287,11 @@ def _blocked_terms(check: BlockedTerms) -> CheckFn:
     def run(facts: Facts, stage: Stage) -> Result:
         texts = _texts(facts, stage)
         if not any(anyone.search(t) for t in texts):
-            return Result(False)
+            return PASSED
         hits = [i for i, rx in enumerate(compiled) if any(rx.search(t) for t in texts)]
         if hits:
             return Result(True, {"patterns": hits, "message": f"{len(hits)} blocked pattern(s)"})
-        return Result(False)
+        return PASSED
 
     return run
 
@@ -292,17 +309,20 @@ def _max_input_tokens(check: MaxInputTokens) -> CheckFn:
 
 
 def _content_mode(check: ContentMode) -> CheckFn:
+    applied = Result(False, {"mode": check.mode}, shared=True)
+
     def run(_: Facts, __: Stage) -> Result:
-        return Result(False, {"mode": check.mode})
+        return applied
 
     return run
 
 
 def _retention(check: Retention) -> CheckFn:
     detail = {"class": check.name, "days": check.days, "legal_basis": check.legal_basis}
+    applied = Result(False, detail, shared=True)
 
     def run(_: Facts, __: Stage) -> Result:
-        return Result(False, detail)
+        return applied
 
     return run
 
@@ -342,6 +362,9 @@ class _Compiled:
     redactor: pii.Detector | None
     row_base: dict[str, Any] = field(default_factory=dict)
     public_base: dict[str, Any] = field(default_factory=dict)
+    # the decisions of this policy's shared results, by the result's id (each shared result is
+    # held by the compiled check or the module for as long as this lives)
+    shared: dict[int, Decision] = field(default_factory=dict)
     # what a failed check records (content_mode and retention only ever apply)
     failed: str = field(init=False)
     applies_only: bool = field(init=False)
@@ -358,6 +381,28 @@ class _Compiled:
             frameworks=list(p.frameworks),
             sha256=self.sha256,
         )
+
+    def decide(self, result: Result) -> Decision:
+        """This policy's decision on a check's result (remembered if the result is shared)."""
+        detail = result.detail
+        if result.failed is None:
+            outcome = SKIPPED
+        elif self.applies_only:
+            outcome = APPLIED
+        elif result.failed:
+            outcome = self.failed
+            # what a violations report needs, even after the bundle has changed
+            detail = {
+                **(detail or {}),
+                "severity": self.policy.severity,
+                "frameworks": list(self.policy.frameworks),
+            }
+        else:
+            outcome = PASS
+        decision = Decision(self, outcome, detail)
+        if result.shared:
+            self.shared[id(result)] = decision
+        return decision
 
 
 @dataclass(slots=True)
@@ -476,23 +521,12 @@ class Engine:
         redactors: list[pii.Detector] = []
         for c in compiled:
             result = c.run(facts, c.policy.stage)
-            detail = result.detail
-            if result.failed is None:
-                outcome = SKIPPED
-            elif c.applies_only:
-                outcome = APPLIED
-            elif result.failed:
-                outcome = c.failed
-                # what a violations report needs, even after the bundle has changed
-                detail = {
-                    **(detail or {}),
-                    "severity": c.policy.severity,
-                    "frameworks": list(c.policy.frameworks),
-                }
+            if result.shared:
+                decision = c.shared.get(id(result)) or c.decide(result)
             else:
-                outcome = PASS
-            decision = Decision(c.policy, c.sha256, outcome, detail, c.row_base, c.public_base)
+                decision = c.decide(result)
             decisions.append(decision)
+            outcome = decision.outcome
             if outcome == BLOCKED and blocked is None:
                 blocked = decision
             elif outcome == REDACTED and c.redactor is not None:

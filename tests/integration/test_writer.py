@@ -14,7 +14,7 @@ from service.errors import StoreUnavailable
 from service.gateway.writer import AuditWriter
 from service.integrity import leaf
 from service.integrity.models import LogPending
-from service.lineage.models import AuditRecord, RecordStatus
+from service.lineage.models import AuditRecord, PolicyDecision, RecordStatus
 from service.lineage.records import Exchange
 from service.tenancy.auth import Principal
 from service.tenancy.models import ApiKey, Role, Tenant
@@ -115,3 +115,51 @@ def test_rows_read_back_as_written_and_a_partial_row_gets_its_defaults(
         assert stored.created_at.tzinfo is not None
         defaulted = session.get(AuditRecord, partial_id)
         assert defaulted is not None and defaulted.schema_version == 1
+
+
+def test_many_decisions_per_answer_are_all_stored_as_written(
+    database_url: str, sessions: sessionmaker[Session]
+) -> None:
+    """Batches whose decision rows exceed what one multi-row INSERT may bind (SQLite: 32,700
+    parameters, ~4,600 decision rows) lose none and change none."""
+    principal = principal_of(sessions)
+    written: list[dict] = []
+    answers = []
+    for n in range(500):
+        body = {"model": "echo", "messages": [{"role": "user", "content": f"q{n}"}]}
+        ex = Exchange(principal, "echo", "openai", body, "echo-1")
+        ex.policy_bundle_sha256 = "b" * 64
+        ex.decisions = [
+            {
+                "record_id": ex.id,
+                "policy_id": f"policy-{i:02d}",
+                "stage": "pre" if i % 2 else "post",
+                "policy_sha256": f"{n:032x}{i:032x}",
+                "outcome": "flagged" if i % 3 == 0 else "pass",
+                "detail": {"n": n, "i": i, "note": "ünïcode ✓"} if i % 4 == 0 else None,
+            }
+            for i in range(12)
+        ]
+        written += ex.decisions
+        answers.append(
+            ex.rows(ex.record_row(status=RecordStatus.ok, http_status=200, latency_ms=1))
+        )
+    engine = make_engine(database_url)
+    writer = AuditWriter(engine, max_batch=512)
+    writer.start()
+    try:
+        futures = [writer.submit(rows) for rows in answers]
+        cf.wait(futures, timeout=120)
+        assert all(f.exception() is None for f in futures)
+        assert max(f.result() for f in futures) > 400  # most went in one transaction
+    finally:
+        writer.stop()
+        engine.dispose()
+    keys = ("record_id", "policy_id", "stage", "policy_sha256", "outcome", "detail")
+    record_ids = list({d["record_id"] for d in written})
+    with sessions() as session:
+        stored = session.scalars(
+            select(PolicyDecision).where(PolicyDecision.record_id.in_(record_ids))
+        ).all()
+    as_stored = sorted((tuple(getattr(d, k) for k in keys) for d in stored), key=repr)
+    assert as_stored == sorted((tuple(d[k] for k in keys) for d in written), key=repr)

@@ -177,6 +177,43 @@ def test_a_violation_records_its_severity_and_frameworks_and_a_pass_does_not() -
     assert "severity" not in passed.detail
 
 
+def test_decisions_repeated_from_answer_to_answer_never_carry_one_answers_findings() -> None:
+    e = engine(
+        {"stage": "pre", "check": {"type": "pii", "kinds": ["email"]}},
+        {"stage": "pre", "check": {"type": "content_mode", "mode": "redacted"}, "action": None},
+        {"stage": "post", "check": {"type": "require_citations"}},
+    )
+
+    def answer(prompt: str) -> list[Any]:
+        f = facts(prompt=[prompt])
+        return e.pre(f).decisions + e.post(f.answered("ok")).decisions
+
+    first, found, again = answer("hello"), answer("mail a@b.co"), answer("hello again")
+    assert [d.outcome for d in first] == [PASS, APPLIED, SKIPPED]
+    assert [d.outcome for d in found] == [FLAGGED, APPLIED, SKIPPED]
+    assert found[0].detail == {
+        "found": {"email": 1},
+        "message": "personal data: ['email']",
+        "severity": "medium",
+        "frameworks": [],
+    }
+    assert [d.outcome for d in again] == [PASS, APPLIED, SKIPPED]
+    assert again[0].detail is None
+    # each record gets its own rows; the views are what provenance.policies shows
+    rows = [d.row(n) for n, d in enumerate(first + again)]
+    assert [r["record_id"] for r in rows] == list(range(6))
+    assert [r["outcome"] for r in rows] == [PASS, APPLIED, SKIPPED] * 2
+    assert again[1].view == {
+        "id": "p1",
+        "stage": "pre",
+        "severity": "medium",
+        "frameworks": [],
+        "sha256": e.bundle.policies[1].sha256,
+        "outcome": APPLIED,
+        "detail": {"mode": "redacted"},
+    }
+
+
 # --- model, citations, grounding, staleness ------------------------------------------------
 
 

@@ -184,3 +184,15 @@ def test_redact_json_redacts_every_string_at_any_depth_and_nothing_else() -> Non
     }
     assert repr(value) == before  # a copy: the request the upstream sees is untouched
     assert redact_json(Text("top"), str.upper) == "TOP" and redact_json(7, str.upper) == 7
+
+
+def test_redact_json_copies_only_what_changes() -> None:
+    clean = {"role": "system", "content": "be brief"}
+    dirty = {"role": "user", "content": "mail a@b.co", "name": "ann"}
+    messages = [clean, dirty]
+    out = redact_json(messages, lambda s: s.replace("a@b.co", "[EMAIL]"))
+    assert out == [clean, {"role": "user", "content": "mail [EMAIL]", "name": "ann"}]
+    assert out is not messages and out[0] is clean  # the untouched message is shared
+    assert dirty["content"] == "mail a@b.co"  # the original is never written to
+    nothing = [{"role": "user", "content": "hello"}]
+    assert redact_json(nothing, lambda s: s.replace("a@b.co", "[EMAIL]")) is nothing

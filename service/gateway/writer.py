@@ -198,11 +198,11 @@ class AuditWriter:
                     if self._inserts is None:
                         conn.execute(table.insert(), merged[table])
                     else:
-                        insert, rows = self._inserts.of(table), merged[table]
-                        if len(rows) > len(answers):
-                            insert.run_multirow(conn, rows)
+                        insert, values = self._inserts.of(table), merged[table]
+                        if len(values) > len(answers):
+                            insert.run_multirow(conn, values)
                         else:
-                            insert.run(conn, rows)
+                            insert.run(conn, values)
         except Exception:
             self._conn = None
             with contextlib.suppress(Exception):

@@ -5,9 +5,12 @@
    on a RAG route; microseconds per answer, best of several timeit repeats.
 2. Proxy: ``provenant serve`` (1 worker, SQLite) started once per bundle (``none``, ``default``,
    ``finance``), all against the same demo upstream, measured with wrk at 64 connections in
-   interleaved rounds (so drift on a shared machine hits every target alike); median requests/s
-   and the ratio to the run without policies. Target (issue: governance policies): finance
-   >= 0.8x.
+   interleaved rounds, the order reversed every other round (so drift on a shared machine hits
+   every target alike, and no target always follows the same one). Each round gives a bundle's
+   ratio to ``none`` measured beside it; the verdict uses the median of those paired ratios
+   (the ratio of the medians is shown too: on this VM single rounds of one process differ by
+   +-10%, and pairing cancels drift slower than a round). Target (issue: governance policies):
+   finance >= 0.8x.
 
 Usage: ``.venv/bin/python bench/policies.py [--duration 10 --rounds 3 --no-write]``.
 """
@@ -145,7 +148,10 @@ def main() -> int:
             )
         for round_ in range(args.rounds):
             log(f"round {round_ + 1}/{args.rounds}")
-            for bundle, t in targets.items():
+            order = list(targets.items())
+            if round_ % 2:
+                order.reverse()
+            for bundle, t in order:
                 assert t.proc is not None
                 m = runner.measure(
                     t.name, "c", t.url, MODEL_FAST, t.key, args.connections, t.proc.pid
@@ -175,19 +181,25 @@ def main() -> int:
         *[f"| {b} | {k} | {us:.1f} | {n} |" for b, k, us, n in costs],
         "",
         f"Proxy, 1 worker, SQLite, wrk c={args.connections}, {args.rounds} interleaved rounds of "
-        f"{args.duration:g} s (median):",
+        f"{args.duration:g} s (medians; a round's ratio is the bundle's req/s over `none`'s in "
+        "that round):",
         "",
-        "| bundle | req/s | ratio to none | server CPU us/req | target |",
-        "|---|---:|---:|---:|---|",
+        "| bundle | req/s | ratio to none (median of rounds) | rounds' ratios | ratio of medians "
+        "| server CPU us/req | target |",
+        "|---|---:|---:|---|---:|---:|---|",
     ]
     for bundle in rps:
         med = statistics.median(rps[bundle])
-        ratio = med / base
+        paired = [r / n for r, n in zip(rps[bundle], rps["none"], strict=True)]
+        ratio = statistics.median(paired)
         cpu_med = statistics.median(cpu[bundle]) if cpu.get(bundle) else float("nan")
         verdict = ""
         if bundle == "finance":
             verdict = f"{'PASS' if ratio >= TARGET_RATIO else 'FAIL'} (>= {TARGET_RATIO}x)"
-        lines.append(f"| {bundle} | {med:.0f} | {ratio:.3f}x | {cpu_med:.0f} | {verdict} |")
+        lines.append(
+            f"| {bundle} | {med:.0f} | {ratio:.3f}x | {', '.join(f'{r:.2f}' for r in paired)} "
+            f"| {med / base:.3f}x | {cpu_med:.0f} | {verdict} |"
+        )
     report = "\n".join(lines) + "\n"
     print(report)
     if not args.no_write:

@@ -5,14 +5,18 @@
    on a RAG route; microseconds per answer, best of several timeit repeats.
 2. Proxy: ``provenant serve`` (1 worker, SQLite) started once per bundle (``none``, ``default``,
    ``finance``), all against the same demo upstream, measured with wrk at 64 connections in
-   interleaved rounds, the order reversed every other round (so drift on a shared machine hits
-   every target alike, and no target always follows the same one). Each round gives a bundle's
-   ratio to ``none`` measured beside it; the verdict uses the median of those paired ratios
-   (the ratio of the medians is shown too: on this VM single rounds of one process differ by
-   +-10%, and pairing cancels drift slower than a round). Target (issue: governance policies):
-   finance >= 0.8x.
+   interleaved rounds of short slices, the order reversed every other round. The slices are
+   short because this VM's speed is not steady: the same pure-Python loop, timed back to back
+   on an idle machine, takes 12 ms for a while and then 21 ms for stretches of seconds (the
+   host's load, which no process here sees). A 10 s measurement falls into one such stretch
+   or another, and a round of 10 s measurements compared targets measured at different
+   speeds (rounds' ratios of 0.51-1.01 for one build); 3 s slices in 12 rounds put every
+   target into every stretch alike. Each round gives a bundle's ratio to ``none`` measured
+   beside it; the verdict uses the median of those paired ratios; the pooled ratio (all
+   requests over all measured seconds) and the paired ratios' quartiles are shown too.
+   Target (issue: governance policies): finance >= 0.8x.
 
-Usage: ``.venv/bin/python bench/policies.py [--duration 10 --rounds 3 --no-write]``.
+Usage: ``.venv/bin/python bench/policies.py [--duration 3 --warmup 1 --rounds 12 --no-write]``.
 """
 
 from __future__ import annotations
@@ -108,11 +112,16 @@ def evaluation_costs(repeat: int) -> list[tuple[str, str, float, int]]:
     return rows
 
 
+def pooled(slices: list[tuple[int, float]]) -> float:
+    """Requests per second over all slices together."""
+    return sum(r for r, _ in slices) / sum(t for _, t in slices)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=10, help="seconds per wrk measurement")
-    p.add_argument("--warmup", type=float, default=2, help="seconds of wrk warm-up")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per target")
+    p.add_argument("--duration", type=int, default=3, help="seconds per wrk slice (whole)")
+    p.add_argument("--warmup", type=int, default=1, help="seconds of wrk warm-up per slice")
+    p.add_argument("--rounds", type=int, default=12, help="interleaved rounds per target")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args()
@@ -132,6 +141,7 @@ def main() -> int:
     runner = Runner(wrk, None, args.duration, args.warmup, tmp, tmp / "wrk-raw.txt")
     rps: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
+    served: dict[str, list[tuple[int, float]]] = {}  # (requests, seconds) of each slice
     try:
         upstream = start_demo_upstream(procs)
         targets = {}
@@ -159,6 +169,7 @@ def main() -> int:
                 if not m.ok:
                     raise RuntimeError(f"{t.name}: errors={m.errors} non2xx={m.non2xx}")
                 rps.setdefault(bundle, []).append(m.rps)
+                served.setdefault(bundle, []).append((m.requests, m.duration_s))
                 if m.cpu_us_per_req is not None:
                     cpu.setdefault(bundle, []).append(m.cpu_us_per_req)
     finally:
@@ -181,25 +192,38 @@ def main() -> int:
         *[f"| {b} | {k} | {us:.1f} | {n} |" for b, k, us, n in costs],
         "",
         f"Proxy, 1 worker, SQLite, wrk c={args.connections}, {args.rounds} interleaved rounds of "
-        f"{args.duration:g} s (medians; a round's ratio is the bundle's req/s over `none`'s in "
-        "that round):",
+        f"{args.duration:g} s slices after {args.warmup:g} s of warm-up each (a round's ratio is "
+        "the bundle's req/s over `none`'s in that round; pooled: all requests over all measured "
+        "seconds):",
         "",
-        "| bundle | req/s | ratio to none (median of rounds) | rounds' ratios | ratio of medians "
-        "| server CPU us/req | target |",
-        "|---|---:|---:|---|---:|---:|---|",
+        "| bundle | req/s (median) | ratio to none (median of rounds) | quartiles of rounds' "
+        "ratios | pooled ratio | ratio of medians | server CPU us/req | target |",
+        "|---|---:|---:|---|---:|---:|---:|---|",
     ]
+    pooled_none = pooled(served["none"])
     for bundle in rps:
         med = statistics.median(rps[bundle])
         paired = [r / n for r, n in zip(rps[bundle], rps["none"], strict=True)]
         ratio = statistics.median(paired)
+        q1, _, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else (ratio,) * 3
         cpu_med = statistics.median(cpu[bundle]) if cpu.get(bundle) else float("nan")
         verdict = ""
         if bundle == "finance":
             verdict = f"{'PASS' if ratio >= TARGET_RATIO else 'FAIL'} (>= {TARGET_RATIO}x)"
         lines.append(
-            f"| {bundle} | {med:.0f} | {ratio:.3f}x | {', '.join(f'{r:.2f}' for r in paired)} "
-            f"| {med / base:.3f}x | {cpu_med:.0f} | {verdict} |"
+            f"| {bundle} | {med:.0f} | {ratio:.3f}x | {q1:.2f}-{q3:.2f} "
+            f"| {pooled(served[bundle]) / pooled_none:.3f}x | {med / base:.3f}x "
+            f"| {cpu_med:.0f} | {verdict} |"
         )
+    lines += [
+        "",
+        "Rounds' ratios: "
+        + "; ".join(
+            f"{b} {', '.join(f'{r / n:.2f}' for r, n in zip(rps[b], rps['none'], strict=True))}"
+            for b in rps
+            if b != "none"
+        ),
+    ]
     report = "\n".join(lines) + "\n"
     print(report)
     if not args.no_write:

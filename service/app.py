@@ -48,7 +48,7 @@ from service.reports import endpoints as report_endpoints
 from service.retrieval.retriever import Retriever
 from service.telemetry import endpoints as telemetry_endpoints
 from service.telemetry.http import HttpObserver
-from service.telemetry.metrics import Metrics
+from service.telemetry.metrics import Metrics, flush_periodically
 from service.telemetry.tracing import Tracing
 from service.tenancy.auth import KeyResolver
 from service.tenancy.limits import RateLimiter
@@ -163,6 +163,7 @@ def create_app(
             seal_periodically(sealer, settings.seal_interval_s, metrics.observe_seal)
         )
         retaining = asyncio.create_task(retain_periodically(sessions, settings))
+        counting = asyncio.create_task(flush_periodically(metrics))
         metrics.watch_store(engine, writer)
         models = await _model_resolver(settings, routes, engine)
         sourced = any(route.kind != "openai" for route in routes.routes)
@@ -216,7 +217,7 @@ def create_app(
         finally:
             app.state.draining = True
             log.info("shutting down: flushing the audit writer")
-            for task in (sealing, retaining):
+            for task in (sealing, retaining, counting):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

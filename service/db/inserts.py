@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
+
+_NEW = object()
 
 
 class Insert:
@@ -45,14 +48,22 @@ class Insert:
 
     def _params(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         params: list[tuple[Any, ...]] = []
+        # a value seen again in this batch is converted once: an answer's decision rows share
+        # its record id, and the decisions most answers get share their detail (by identity:
+        # every value is held by its row until the batch is written, so no id is reused)
+        done: dict[int, Any] = {}
         for row in rows:
             try:
                 values = list(self._values(row))
             except KeyError:
                 values = [row.get(key, default) for key, default in self._defaults]
             for i, proc in self._processors:
-                if values[i] is not None:
-                    values[i] = proc(values[i])
+                value = values[i]
+                if value is not None:
+                    converted = done.get(id(value), _NEW)
+                    if converted is _NEW:
+                        converted = done[id(value)] = proc(value)
+                    values[i] = converted
             params.append(tuple(values))
         return params
 
@@ -75,7 +86,7 @@ class Insert:
         for start in range(0, len(params), per):
             chunk = params[start : start + per]
             sql = self._head + ", ".join([self._group] * len(chunk))
-            conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row))
+            conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
 
 
 class Inserts(dict[Table, Insert]):

@@ -90,10 +90,14 @@ def message_texts(messages: Any) -> list[str]:
 
 
 def _decided(ex: Exchange, outcome: Outcome) -> None:
-    """Put a stage's decisions on the exchange: rows for the record, views for the answer."""
+    """Put a stage's decisions on the exchange: rows and leaf entries for the record, views
+    for the answer."""
     record_id = ex.id
     ex.decisions += [d.row(record_id) for d in outcome.decisions]
-    ex.policy_view += [d.view for d in outcome.decisions]
+    if ex.decision_leaves is None:
+        ex.decision_leaves = []
+    ex.decision_leaves += outcome.leaves
+    ex.policy_view += outcome.views
 
 
 def _blocked_error(decision: Decision) -> PolicyBlocked:
@@ -501,6 +505,10 @@ class Pipeline:
 
     def _decide(self, engine: Engine, stage: Stage, facts: Facts) -> Outcome:
         """Evaluate one stage of the bundle inside its span; count each decision."""
+        if not self._tracing.enabled:
+            out = engine.pre(facts) if stage is Stage.pre else engine.post(facts)
+            self._metrics.count_decisions(out.counts)
+            return out
         with self._tracing.policy(stage.value, bundle_sha256=engine.sha256) as span:
             out = engine.pre(facts) if stage is Stage.pre else engine.post(facts)
             Tracing.record_policy(
@@ -509,9 +517,7 @@ class Pipeline:
                 decisions=len(out.decisions),
                 blocked_by=None if out.blocked is None else out.blocked.policy.id,
             )
-        count, stage_name = self._metrics.policy_outcome, stage.value
-        for d in out.decisions:
-            count(d.policy.id, stage_name, d.outcome)
+        self._metrics.count_decisions(out.counts)
         return out
 
     async def _refuse(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -251,6 +252,7 @@ def _resolve(futures: list[asyncio.Future[int]], error: BaseException | None, si
                 fut.set_exception(error)
 
 
+@functools.cache
 def _depth(table: Table) -> int:
     """How many foreign-key hops separate a table from the roots (parents first)."""
     parents = {fk.column.table for fk in table.foreign_keys if fk.column.table is not table}

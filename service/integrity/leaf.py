@@ -19,6 +19,7 @@ to the leaves built here. A change to the leaf is made in both (and ``LEAF_VERSI
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -88,14 +89,24 @@ def _float(value: float | None) -> str | None:
     return None if value is None else repr(float(value))
 
 
+def decision_entry(
+    policy_id: str, stage: str, policy_sha256: str, outcome: str, detail: Any
+) -> list[Any]:
+    """What a record's leaf holds of one policy decision."""
+    return [policy_id, stage, policy_sha256, outcome, None if detail is None else digest(detail)]
+
+
 def record_document(
     row: Mapping[str, Any],
     *,
     retrievals: Iterable[Mapping[str, Any]] = (),
     decisions: Iterable[Mapping[str, Any]] = (),
+    decision_entries: Iterable[list[Any]] | None = None,
     snapshot_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """The leaf document of an audit record row and its lineage rows."""
+    """The leaf document of an audit record row and its lineage rows. The decisions come as
+    their rows, or as their ``decision_entry`` lists already made (``decision_entries``:
+    the policy engine makes each once per decision it shares between answers)."""
     doc: dict[str, Any] = {name: row[name] for name in RECORD_FIELDS}
     doc["v"] = LEAF_VERSION
     doc["kind"] = RECORD
@@ -118,17 +129,18 @@ def record_document(
     if row.get("lineage_stale") is not None:
         doc["lineage_stale"] = bool(row["lineage_stale"])
     doc["retrievals"] = [_retrieval(r) for r in sorted(retrievals, key=lambda r: int(r["rank"]))]
-    doc["policies"] = [
-        [
-            d["policy_id"],
-            d["stage"],
-            d["policy_sha256"],
-            d["outcome"],
-            None if d["detail"] is None else digest(d["detail"]),
+    if decision_entries is None:
+        decision_entries = [
+            decision_entry(
+                d["policy_id"], d["stage"], d["policy_sha256"], d["outcome"], d["detail"]
+            )
+            for d in decisions
         ]
-        for d in sorted(decisions, key=lambda d: (str(d["stage"]), str(d["policy_id"])))
-    ]
+    doc["policies"] = sorted(decision_entries, key=_BY_STAGE_AND_POLICY)
     return doc
+
+
+_BY_STAGE_AND_POLICY = operator.itemgetter(1, 0)
 
 
 def _retrieval(r: Mapping[str, Any]) -> list[Any]:

@@ -16,6 +16,7 @@ from service.db.base import utcnow
 from service.integrity import leaf
 from service.integrity.models import LogPending
 from service.lineage.models import AuditRecord, PolicyDecision, RecordStatus, Retrieval
+from service.policies import pii
 from service.tenancy.auth import Principal
 
 # 2: the record carries (and its leaf covers) retention_class and retain_until
@@ -42,12 +43,13 @@ def redact_json(value: Any, redact: Callable[[str], str]) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, list):
-        items = [redact_json(v, redact) for v in value]
+        items = [redact(v) if type(v) is str else redact_json(v, redact) for v in value]
         return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     if isinstance(value, dict):
         changed: dict[str, Any] | None = None
         for k, v in value.items():
-            new = redact_json(v, redact)
+            # strings (most values) without a call of this function for each
+            new = redact(v) if type(v) is str else redact_json(v, redact)
             if new is not v:
                 if changed is None:
                     changed = dict(value)
@@ -83,6 +85,9 @@ class Exchange:
     # lineage filled by the RAG, registry and policy stages (empty for a plain proxy route)
     retrievals: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)  # rows with the record id
+    # the same decisions as the leaf holds them (``leaf.decision_entry``), when the policy
+    # engine made them (None: the leaf makes them from ``decisions``)
+    decision_leaves: list[list[Any]] | None = None
     policy_view: list[dict[str, Any]] = field(default_factory=list)  # provenance.policies
     model_snapshot_id: uuid.UUID | None = None
     model_snapshot_sha256: str | None = None
@@ -126,11 +131,14 @@ class Exchange:
             # what an upstream sent may hold NUL, which no audit store keeps in text
             choices = redact_json(choices, _no_nul)
             answer = answer_text(choices)
+        prompt = prompt_text(messages)
         if self.content_mode == "redacted" and self.redact is not None:
-            messages = redact_json(messages, self.redact)
+            # a prompt whose JSON has no digit and no @ has no string the redactor changes
+            if pii.may_hold(prompt):
+                messages = redact_json(messages, self.redact)
+                prompt = prompt_text(messages)
             choices = redact_json(choices, self.redact)
             answer = answer_text(choices)
-        prompt = prompt_text(messages)
         usage = usage or {}
         end_user = self.body.get("user")
         row: dict[str, Any] = {
@@ -186,6 +194,7 @@ class Exchange:
                 row,
                 retrievals=self._lineage(self.retrievals),
                 decisions=self.decisions,
+                decision_entries=self.decision_leaves,
                 snapshot_sha256=self.model_snapshot_sha256,
             )
         )

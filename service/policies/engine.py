@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.integrity import leaf
 from service.policies import pii
 from service.policies.bundle import (
     RAG_KINDS,
@@ -119,15 +120,28 @@ class Decision:
     A decision from a shared result (``Result.shared``) is itself shared by every answer that
     gets it: nothing may change it, its detail or its view."""
 
-    __slots__ = ("detail", "outcome", "policy", "policy_sha256", "template", "view")
+    __slots__ = (
+        "count",
+        "detail",
+        "leaf",
+        "outcome",
+        "policy",
+        "policy_sha256",
+        "template",
+        "view",
+    )
 
     def __init__(self, compiled: _Compiled, outcome: str, detail: dict[str, Any] | None) -> None:
-        self.policy = compiled.policy
+        policy = self.policy = compiled.policy
         self.policy_sha256 = compiled.sha256
         self.outcome = outcome
         self.detail = detail
         self.template = {**compiled.row_base, "outcome": outcome, "detail": detail}
         self.view = {**compiled.public_base, "outcome": outcome, "detail": detail}
+        stage = policy.stage.value
+        # what the record's leaf holds of it (integrity.leaf), and its metric's labels
+        self.leaf = leaf.decision_entry(policy.id, stage, compiled.sha256, outcome, detail)
+        self.count = (policy.id, stage, outcome)
 
     def row(self, record_id: Any) -> dict[str, Any]:
         """The ``policy_decisions`` row of this decision about record ``record_id``."""
@@ -139,11 +153,56 @@ class Decision:
 
 @dataclass(slots=True)
 class Outcome:
-    """The decisions of one stage, the first block among them, and the redactor to apply."""
+    """The decisions of one stage, the first block among them, and the redactor to apply;
+    with what the answer shows of them (``views``), what its record's leaf holds (``leaves``)
+    and their metric labels (``counts``), in the decisions' order."""
 
-    decisions: list[Decision]
+    decisions: Sequence[Decision]
     blocked: Decision | None = None
     redact: Callable[[str], str] | None = None
+    views: Sequence[dict[str, Any]] = ()
+    leaves: Sequence[list[Any]] = ()
+    counts: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    """A stage's outcome without its per-answer redactor: what ``Outcome`` is built from, and
+    what a stage whose checks all gave shared results gets from the stage's memo."""
+
+    decisions: tuple[Decision, ...]
+    blocked: Decision | None
+    redactors: tuple[pii.Detector, ...]
+    views: tuple[dict[str, Any], ...]
+    leaves: tuple[list[Any], ...]
+    counts: tuple[tuple[str, str, str], ...]
+
+    @classmethod
+    def of(cls, compiled: Sequence[_Compiled], decisions: Sequence[Decision]) -> _Verdict:
+        blocked = next((d for d in decisions if d.outcome == BLOCKED), None)
+        redactors = tuple(
+            c.redactor
+            for c, d in zip(compiled, decisions, strict=True)
+            if d.outcome == REDACTED and c.redactor is not None
+        )
+        return cls(
+            tuple(decisions),
+            blocked,
+            redactors,
+            tuple(d.view for d in decisions),
+            tuple(d.leaf for d in decisions),
+            tuple(d.count for d in decisions),
+        )
+
+    def outcome(self, memo: pii.Memo) -> Outcome:
+        return Outcome(
+            self.decisions,
+            self.blocked,
+            _redactor(self.redactors, memo),
+            self.views,
+            self.leaves,
+            self.counts,
+        )
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -160,6 +219,9 @@ _STOP = frozenset(_STOP_WORDS.split())
 
 def _words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+
+
+_MAX_SHARED_ESTIMATES = 4096
 
 
 def estimate_tokens(texts: Sequence[str]) -> int:
@@ -297,13 +359,23 @@ def _blocked_terms(check: BlockedTerms) -> CheckFn:
 
 
 def _max_input_tokens(check: MaxInputTokens) -> CheckFn:
+    # the result depends on the estimate alone: one shared result per estimate seen, up to a
+    # bound (never evicted: a shared result's id must not be reused while it is remembered)
+    seen: dict[int, Result] = {}
+
     def run(facts: Facts, _: Stage) -> Result:
         tokens = estimate_tokens(facts.prompt)
+        found = seen.get(tokens)
+        if found is not None:
+            return found
         detail: dict[str, Any] = {"estimated_tokens": tokens, "limit": check.limit}
         if tokens > check.limit:
             detail["message"] = f"prompt has about {tokens} tokens, limit {check.limit}"
-            return Result(True, detail)
-        return Result(False, detail)
+        shared = len(seen) < _MAX_SHARED_ESTIMATES
+        result = Result(tokens > check.limit, detail, shared)
+        if shared:
+            seen[tokens] = result
+        return result
 
     return run
 
@@ -418,6 +490,8 @@ def _redactor(detectors: Sequence[pii.Detector], memo: pii.Memo) -> Callable[[st
         return None
 
     def redact(text: str) -> str:
+        if not pii.may_hold(text):
+            return text
         for detector in detectors:
             text, _ = detector.redact(text, memo)
         return text
@@ -428,14 +502,49 @@ def _redactor(detectors: Sequence[pii.Detector], memo: pii.Memo) -> Callable[[st
 _MODE_RANK = {"full": 0, "redacted": 1, "hash_only": 2}
 
 
+class _Stage:
+    """The policies of one stage that apply to one route, route kind and tenant, with the
+    verdicts of the answers whose checks all gave shared results (``Result.shared``), by
+    those results: most answers get one of a few such combinations (nothing found, nothing
+    that applies), so their decisions, views, leaf entries and metric labels are put
+    together once, not for every answer."""
+
+    __slots__ = ("_memo", "compiled")
+
+    MEMO_SIZE = 256  # combinations kept per stage; past it a verdict is built per answer
+
+    def __init__(self, compiled: list[_Compiled]) -> None:
+        self.compiled = compiled
+        # each key is the ids of shared results, which live as long as the compiled checks
+        # that hold them (so no id in a key can be reused by another object meanwhile)
+        self._memo: dict[tuple[int, ...], _Verdict] = {}
+
+    def run(self, facts: Facts) -> Outcome:
+        compiled = self.compiled
+        results = [c.run(facts, c.policy.stage) for c in compiled]
+        if all(r.shared for r in results):
+            key = tuple(map(id, results))
+            verdict = self._memo.get(key)
+            if verdict is None:
+                verdict = _Verdict.of(compiled, list(map(_Compiled.decide, compiled, results)))
+                if len(self._memo) < self.MEMO_SIZE:
+                    self._memo[key] = verdict
+            return verdict.outcome(facts.memo)
+        decisions = [
+            (c.shared.get(id(r)) or c.decide(r)) if r.shared else c.decide(r)
+            for c, r in zip(compiled, results, strict=True)
+        ]
+        return _Verdict.of(compiled, decisions).outcome(facts.memo)
+
+
 @dataclass(frozen=True)
 class _Scope:
     """The policies that apply to one route, route kind and tenant, by stage, and what they
     settle for every answer there: the storage mode (the strictest content_mode), its
     redactors, the retention class (the longest), whether a stream is held back."""
 
-    pre: list[_Compiled]
-    post: list[_Compiled]
+    pre: _Stage
+    post: _Stage
     mode: str
     redactors: list[pii.Detector]
     retention: tuple[str, int] | None
@@ -450,8 +559,8 @@ class _Scope:
         classes = [c.policy.check for c in pre if isinstance(c.policy.check, Retention)]
         longest = max(classes, key=lambda r: r.days, default=None)
         return cls(
-            pre,
-            post,
+            _Stage(pre),
+            _Stage(post),
             mode,
             [c.redactor for c, _ in modes if c.redactor is not None],
             None if longest is None else (longest.name, longest.days),
@@ -492,11 +601,11 @@ class Engine:
 
     def pre(self, facts: Facts) -> Outcome:
         """Decisions before the upstream is called (request, route, model)."""
-        return self._run(self._scope(facts.route, facts.route_kind, facts.tenant).pre, facts)
+        return self._scope(facts.route, facts.route_kind, facts.tenant).pre.run(facts)
 
     def post(self, facts: Facts) -> Outcome:
         """Decisions about the answer and its sources."""
-        return self._run(self._scope(facts.route, facts.route_kind, facts.tenant).post, facts)
+        return self._scope(facts.route, facts.route_kind, facts.tenant).post.run(facts)
 
     def buffers_stream(self, route: str, kind: str, tenant: str) -> bool:
         """Whether a streamed answer must be held back until post-stage policies have run
@@ -514,21 +623,3 @@ class Engine:
     def retention(self, route: str, kind: str, tenant: str) -> tuple[str, int] | None:
         """The retention class in force (name, days): the longest applicable one."""
         return self._scope(route, kind, tenant).retention
-
-    def _run(self, compiled: list[_Compiled], facts: Facts) -> Outcome:
-        decisions: list[Decision] = []
-        blocked: Decision | None = None
-        redactors: list[pii.Detector] = []
-        for c in compiled:
-            result = c.run(facts, c.policy.stage)
-            if result.shared:
-                decision = c.shared.get(id(result)) or c.decide(result)
-            else:
-                decision = c.decide(result)
-            decisions.append(decision)
-            outcome = decision.outcome
-            if outcome == BLOCKED and blocked is None:
-                blocked = decision
-            elif outcome == REDACTED and c.redactor is not None:
-                redactors.append(c.redactor)
-        return Outcome(decisions, blocked, _redactor(redactors, facts.memo))

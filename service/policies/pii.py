@@ -66,6 +66,13 @@ NATIONAL_IDS: dict[str, tuple[re.Pattern[str], Callable[[str], bool]]] = {
 }
 
 
+def may_hold(text: str) -> bool:
+    """Whether the text can hold personal data of any kind: every kind has a digit (cards,
+    IBANs, phones, national ids) or an ``@`` (email) and six characters at least (a@b.co).
+    Most prose and every role name or finish reason has neither: one search, done."""
+    return len(text) >= 6 and ("@" in text or _ANY_DIGIT.search(text) is not None)
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One piece of personal data: its kind and where it is (never its value, once reported)."""
@@ -219,9 +226,7 @@ class Detector:
     def find(self, text: str, memo: Memo | None = None) -> list[Finding]:
         """Every confirmed finding, non-overlapping, in text order. With a ``memo``, scans of
         the same text by other detectors are reused."""
-        if len(text) < 6:  # shorter than the shortest address (a@b.co)
-            return []
-        if "@" not in text and _ANY_DIGIT.search(text) is None:
+        if not may_hold(text):
             return []
         scan = memo.get(text) if memo is not None else None
         if scan is None:

@@ -14,8 +14,10 @@ the loaded bundle.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
@@ -65,6 +67,11 @@ class Metrics:
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._answer: dict[tuple[str, str, bool], tuple[Any, Any, Any, Any]] = {}
         self._decision: dict[tuple[str, str, str], Any] = {}
+        # policy decisions counted per stage's tuple of labels, and how many of each were added
+        # to the counter (``count_decisions``, ``flush_decisions``)
+        self._decision_counts: dict[tuple[tuple[str, str, str], ...], int] = {}
+        self._decisions_flushed: dict[tuple[tuple[str, str, str], ...], int] = {}
+        self._flush_lock = threading.Lock()
         self.http_requests = Counter(
             "provenant_http_requests",
             "HTTP requests served, by method, route template and status",
@@ -184,13 +191,31 @@ class Metrics:
         self.commit_batch.observe(batch_size)
         self.commit_duration.observe(seconds)
 
-    def policy_outcome(self, policy_id: str, stage: str, outcome: str) -> None:
-        """One policy's decision about one answer (the policy engine calls this)."""
-        key = (policy_id, stage, outcome)
-        child = self._decision.get(key)
-        if child is None:
-            child = self._decision[key] = self.policy_decisions.labels(policy_id, stage, outcome)
-        child.inc()
+    def count_decisions(self, labels: tuple[tuple[str, str, str], ...]) -> None:
+        """One stage's decisions about one answer, as (policy id, stage, outcome) each.
+
+        Counted here in a plain dict by the whole tuple (one look-up per stage, not a locked
+        counter per decision: eight of those cost ~5 us per answer of the finance bundle) and
+        added to ``provenant_policy_decisions`` by ``flush_decisions``, which a scrape calls
+        first. Call it from one thread (the event loop's)."""
+        counts = self._decision_counts
+        counts[labels] = counts.get(labels, 0) + 1
+
+    def flush_decisions(self) -> None:
+        """Add the decisions counted since the last flush to their Prometheus counters (from
+        any thread: only ever reads what ``count_decisions`` writes)."""
+        with self._flush_lock:
+            flushed = self._decisions_flushed
+            for labels, total in list(self._decision_counts.items()):
+                new = total - flushed.get(labels, 0)
+                if not new:
+                    continue
+                flushed[labels] = total
+                for key in labels:
+                    child = self._decision.get(key)
+                    if child is None:
+                        child = self._decision[key] = self.policy_decisions.labels(*key)
+                    child.inc(new)
 
     def observe_seal(self, done: list[Sealed]) -> None:
         """A sealing run of this process signed ``done`` checkpoints (``seal_periodically``)."""
@@ -208,6 +233,7 @@ class Metrics:
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The metrics in the format the scraper asked for (Prometheus text or OpenMetrics).
         Reads the database (sealer backlog): call it off the event loop."""
+        self.flush_decisions()
         encoder, content_type = choose_encoder(accept or "")
         return encoder(_Exposed(self)), content_type
 
@@ -262,3 +288,11 @@ class _StoreCollector(Collector):
 
 def _age(oldest: datetime | None) -> float:
     return 0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
+
+
+async def flush_periodically(metrics: Metrics, interval_s: float = 1.0) -> None:
+    """Flush counted policy decisions every ``interval_s``: under ``--workers N`` a scrape
+    reaches one worker, whose flush cannot add the others' counts (each adds its own)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        metrics.flush_decisions()

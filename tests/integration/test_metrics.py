@@ -201,15 +201,21 @@ def test_backlog_gauges_count_pending_entries_and_the_oldest_age(unsealed_store:
 
 def test_policy_outcomes_are_counted_per_policy_stage_and_outcome() -> None:
     metrics = Metrics()
-    metrics.policy_outcome("no-pii", "pre", "block")
-    metrics.policy_outcome("no-pii", "pre", "block")
-    metrics.policy_outcome("cite-sources", "post", "allow")
+    pre = (("no-pii", "pre", "block"), ("size", "pre", "pass"))
+    metrics.count_decisions(pre)
+    metrics.count_decisions(pre)
+    metrics.count_decisions((("cite-sources", "post", "allow"),))
     body, content_type = metrics.exposition("application/openmetrics-text")
     assert content_type.startswith("application/openmetrics-text")
     assert body.endswith(b"# EOF\n")
-    samples = parse(metrics.exposition(None)[0].decode())
+    samples = parse(metrics.exposition(None)[0].decode())  # a second scrape adds nothing
     name = "provenant_policy_decisions_total"
     assert value(samples, name, policy="no-pii", stage="pre", outcome="block") == 2
+    assert value(samples, name, policy="size", stage="pre", outcome="pass") == 2
+    assert value(samples, name, policy="cite-sources", stage="post", outcome="allow") == 1
+    metrics.count_decisions(pre)  # counted after a scrape: in the next one
+    samples = parse(metrics.exposition(None)[0].decode())
+    assert value(samples, name, policy="no-pii", stage="pre", outcome="block") == 3
     assert value(samples, name, policy="cite-sources", stage="post", outcome="allow") == 1
 
 

@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from service.errors import InvalidPolicyBundle
+from service.integrity import leaf
+from service.policies import engine as engine_module
 from service.policies.bundle import Bundle, describe, load_bundle, problems
 from service.policies.engine import (
     APPLIED,
@@ -22,7 +24,7 @@ from service.policies.engine import (
     Source,
     estimate_tokens,
 )
-from service.policies.pii import Detector
+from service.policies.pii import Detector, may_hold
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
@@ -169,9 +171,11 @@ def test_a_violation_records_its_severity_and_frameworks_and_a_pass_does_not() -
         "high",
         ["EU-AI-Act:Art12"],
     )
-    blocked.detail["frameworks"].append("changed")  # each decision has its own copy
-    again = e.pre(facts(prompt=["x" * 40])).decisions[0]
-    assert again.detail is not None and again.detail["frameworks"] == ["EU-AI-Act:Art12"]
+    # the same estimate again gets the same (shared) decision, another estimate its own
+    assert e.pre(facts(prompt=["x" * 40])).decisions[0] is blocked
+    other = e.pre(facts(prompt=["x" * 44])).decisions[0]
+    assert other.detail is not None and other.detail["estimated_tokens"] == 11
+    assert blocked.detail["estimated_tokens"] == 10
     passed = e.pre(facts(prompt=["x"])).decisions[0]
     assert passed.outcome == PASS and passed.detail is not None
     assert "severity" not in passed.detail
@@ -406,3 +410,56 @@ def test_hashes_change_with_content_only() -> None:
     c = engine({"stage": "pre", "check": {"type": "max_input_tokens", "limit": 11}})
     assert a.sha256 == b.sha256 != c.sha256
     assert a.bundle.policies[0].sha256 != c.bundle.policies[0].sha256
+
+
+def test_a_stage_outcome_lists_views_leaf_entries_and_labels_in_its_decisions_order() -> None:
+    e = engine(
+        {"stage": "pre", "check": {"type": "pii", "kinds": ["email"]}, "action": "redact"},
+        {"stage": "pre", "check": {"type": "content_mode", "mode": "redacted"}, "action": None},
+        {"stage": "pre", "check": {"type": "max_input_tokens", "limit": 5}, "action": "block"},
+        {"stage": "pre", "check": {"type": "blocked_terms", "patterns": ["secret"]}},
+    )
+    seen = []
+    # nothing found (every result shared), twice; then an address, a long prompt, a term
+    for prompt in ("hello", "hello", "mail a@b.co", "x" * 40, "a secret"):
+        out = e.pre(facts(prompt=[prompt]))
+        seen.append(out)
+        assert list(out.views) == [d.view for d in out.decisions]
+        assert list(out.counts) == [(d.policy.id, "pre", d.outcome) for d in out.decisions]
+        assert list(out.leaves) == [
+            leaf.decision_entry(d.policy.id, "pre", d.policy_sha256, d.outcome, d.detail)
+            for d in out.decisions
+        ]
+        assert out.blocked is next((d for d in out.decisions if d.outcome == BLOCKED), None)
+    outcomes = [[d.outcome for d in out.decisions] for out in seen]
+    assert outcomes == [
+        [PASS, APPLIED, PASS, PASS],
+        [PASS, APPLIED, PASS, PASS],
+        [REDACTED, APPLIED, PASS, PASS],
+        [PASS, APPLIED, BLOCKED, PASS],
+        [PASS, APPLIED, PASS, FLAGGED],
+    ]
+    assert seen[0].redact is None and seen[1].redact is None
+    # the redactor of an answer that found something reads that answer's scans
+    redact = seen[2].redact
+    assert redact is not None and redact("mail a@b.co") == "mail [EMAIL]"
+    assert seen[3].blocked is not None and seen[3].blocked.detail["estimated_tokens"] == 10
+
+
+def test_token_estimates_past_the_shared_bound_are_decided_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine_module, "_MAX_SHARED_ESTIMATES", 2)
+    e = engine({"stage": "pre", "check": {"type": "max_input_tokens", "limit": 3}})
+    for _ in range(2):  # the first two estimates are shared, the later ones built each time
+        for chars, tokens in ((4, 1), (8, 2), (12, 3), (16, 4), (20, 5)):
+            outcome, detail = one(e, facts(prompt=["x" * chars]))
+            assert detail["estimated_tokens"] == tokens
+            assert outcome == (FLAGGED if tokens > 3 else PASS)
+
+
+def test_may_hold_needs_a_digit_or_an_at_sign_and_six_characters() -> None:
+    assert not may_hold("Say hello to the benchmark.")
+    assert not may_hold("a@b.c") and may_hold("a@b.co")
+    assert may_hold("call 555") and may_hold("call \u0665\u0665\u0665")  # any Unicode digit
+    assert Detector(["phone"]).find("no digits here at all") == []

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from pathlib import Path
 
 import pytest
 
 from service.errors import InvalidRequest
 from service.gateway.requests import check_chat_request
 from service.gateway.streaming import StreamAccumulator
+from service.integrity import leaf
 from service.lineage.models import RecordStatus
 from service.lineage.records import (
     Exchange,
@@ -18,8 +20,13 @@ from service.lineage.records import (
     prompt_text,
     redact_json,
 )
+from service.policies.bundle import load_bundle
+from service.policies.engine import Engine, Facts, Source
+from service.policies.pii import Detector
 from service.tenancy.auth import Principal
 from service.tenancy.models import Role
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
 def test_traceparent_is_parsed_and_invalid_ones_ignored() -> None:
@@ -196,3 +203,36 @@ def test_redact_json_copies_only_what_changes() -> None:
     assert dirty["content"] == "mail a@b.co"  # the original is never written to
     nothing = [{"role": "user", "content": "hello"}]
     assert redact_json(nothing, lambda s: s.replace("a@b.co", "[EMAIL]")) is nothing
+
+
+def test_the_leaf_is_the_same_from_the_engines_decision_entries_or_from_the_rows() -> None:
+    engine = Engine(load_bundle(POLICIES / "finance.yaml"))
+    principal = Principal(uuid.uuid4(), "p", uuid.uuid4(), "t", Role.app)
+    f = Facts("r", "rag", "t", ["q 4111 1111 1111 1111"], None, [Source("text", cited=True)])
+    outcomes = [engine.pre(f), engine.post(f.answered("an answer [1]"))]
+    leaves = []
+    for entries in (True, False):
+        ex = Exchange(principal, "r", "rag", {"model": "r", "messages": []}, "up")
+        ex.id = uuid.UUID(int=1)
+        for out in outcomes:
+            ex.decisions += [d.row(ex.id) for d in out.decisions]
+            if entries:
+                ex.decision_leaves = (ex.decision_leaves or []) + list(out.leaves)
+        row = ex.record_row(status=RecordStatus.ok, http_status=200, latency_ms=1.0)
+        doc = leaf.record_document(row, decisions=ex.decisions)  # as `provenant verify` does
+        leaves.append((row["leaf_sha256"], leaf.leaf_sha256(doc)))
+    (with_entries, verified), (from_rows, verified_again) = leaves
+    assert with_entries == verified  # the entries give the leaf verify rebuilds from rows
+    assert len(ex.decisions) == 11
+    assert from_rows == verified_again
+
+
+def test_a_redacted_store_redacts_a_prompt_with_personal_data_and_keeps_one_without() -> None:
+    principal = Principal(uuid.uuid4(), "p", uuid.uuid4(), "t", Role.app)
+    detector = Detector(["email"])
+    for content, stored in (("say hello", "say hello"), ("mail a@b.co", "mail [EMAIL]")):
+        body = {"model": "r", "messages": [{"role": "user", "content": content}]}
+        ex = Exchange(principal, "r", "openai", body, "up")
+        ex.content_mode, ex.redact = "redacted", lambda s: detector.redact(s)[0]
+        row = ex.record_row(status=RecordStatus.ok, http_status=200, latency_ms=1.0)
+        assert row["prompt"] == prompt_text([{"role": "user", "content": stored}])

@@ -46,12 +46,14 @@ class Insert:
             if (proc := c.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         ]
 
-    def _params(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    def _params(self, rows: list[dict[str, Any]], *, repeats: bool) -> list[tuple[Any, ...]]:
+        """The rows as the driver takes them. ``repeats``: the rows repeat values (a table
+        with several rows per answer: its decision rows share the answer's record id, and the
+        decisions most answers get share their detail), each converted once per batch, found
+        by identity (every value is held by its row until the batch is written, so no id is
+        reused meanwhile)."""
         params: list[tuple[Any, ...]] = []
-        # a value seen again in this batch is converted once: an answer's decision rows share
-        # its record id, and the decisions most answers get share their detail (by identity:
-        # every value is held by its row until the batch is written, so no id is reused)
-        done: dict[int, Any] = {}
+        done: dict[int, Any] | None = {} if repeats else None
         for row in rows:
             try:
                 values = list(self._values(row))
@@ -59,17 +61,21 @@ class Insert:
                 values = [row.get(key, default) for key, default in self._defaults]
             for i, proc in self._processors:
                 value = values[i]
-                if value is not None:
-                    converted = done.get(id(value), _NEW)
-                    if converted is _NEW:
-                        converted = done[id(value)] = proc(value)
-                    values[i] = converted
+                if value is None:
+                    continue
+                if done is None:
+                    values[i] = proc(value)
+                    continue
+                converted = done.get(id(value), _NEW)
+                if converted is _NEW:
+                    converted = done[id(value)] = proc(value)
+                values[i] = converted
             params.append(tuple(values))
         return params
 
     def run(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """The rows through the driver's executemany (one statement step per row)."""
-        conn.exec_driver_sql(self.sql, self._params(rows))
+        conn.exec_driver_sql(self.sql, self._params(rows, repeats=False))
 
     def run_multirow(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """The rows as multi-row ``INSERT ... VALUES (...), (...)`` statements, as many rows
@@ -82,7 +88,7 @@ class Insert:
         if not rows:
             return
         per = max(1, self._max_params // self._width)
-        params = self._params(rows)
+        params = self._params(rows, repeats=True)
         for start in range(0, len(params), per):
             chunk = params[start : start + per]
             sql = self._head + ", ".join([self._group] * len(chunk))

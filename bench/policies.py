@@ -3,9 +3,11 @@
 1. Evaluation: each shipped bundle compiled once, then its ``pre`` and ``post`` stages (and the
    storage redaction its content mode asks for) run over a typical answer on a plain route and
    on a RAG route; microseconds per answer, best of several timeit repeats.
-2. Proxy: ``provenant serve`` (1 worker, SQLite) started once per bundle (``none``, ``default``,
-   ``finance``), all against the same demo upstream, measured with wrk at 64 connections in
-   interleaved rounds of short slices, the order reversed every other round. The slices are
+2. Proxy, per store (SQLite, the embedded default, and PostgreSQL, production: the proxy
+   benchmark's two stores): ``provenant serve`` (1 worker) started once per bundle (``none``,
+   ``default``, ``finance``), each on a fresh store, all against the same demo upstream,
+   measured with wrk at 64 connections in interleaved rounds of short slices, the order
+   reversed every other round. The slices are
    short because this VM's speed is not steady: the same pure-Python loop, timed back to back
    on an idle machine, takes 12 ms for a while and then 21 ms for stretches of seconds (the
    host's load, which no process here sees). A 10 s measurement falls into one such stretch
@@ -16,7 +18,7 @@
    requests over all measured seconds) and the paired ratios' quartiles are shown too.
    Target (issue: governance policies): finance >= 0.8x.
 
-Usage: ``.venv/bin/python bench/policies.py [--duration 3 --warmup 1 --rounds 12 --no-write]``.
+Usage: ``.venv/bin/python bench/policies.py [--stores sqlite,postgres] [--rounds 12] [--no-write]``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from proxy import (  # bench/ is not a package: proxy.py is beside this file
     git_revision,
     load_average,
     log,
+    reset_postgres,
     start_demo_upstream,
     start_provenant,
 )
@@ -54,6 +57,7 @@ from service.policies.bundle import load_bundle
 from service.policies.engine import Engine, Facts, Source
 
 BUNDLES = ("default", "finance", "healthcare", "eu-ai-act")
+BUNDLES_MEASURED = ("none", "default", "finance")
 TARGET_RATIO = 0.8
 
 PROMPT = [
@@ -117,12 +121,93 @@ def pooled(slices: list[tuple[int, float]]) -> float:
     return sum(r for r, _ in slices) / sum(t for _, t in slices)
 
 
+def measure_store(
+    args: argparse.Namespace, runner: Runner, procs: Processes, tmp: Path, upstream: str, store: str
+) -> list[str]:
+    """The proxy on one store (``sqlite``, or ``postgres``: a fresh database per bundle) with
+    each bundle, in interleaved rounds of slices; the table rows of its report."""
+    rps: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    served: dict[str, list[tuple[int, float]]] = {}  # (requests, seconds) of each slice
+    targets = {}
+    for bundle in BUNDLES_MEASURED:
+        path = "none" if bundle == "none" else str(ROOT / "policies" / f"{bundle}.yaml")
+        if store == "sqlite":
+            url = f"sqlite:///{tmp / bundle}.db"
+        else:
+            dbname = f"provenant_bench_policies_{bundle}"
+            reset_postgres(args.pg_admin_url, dbname)
+            url = args.pg_admin_url.rsplit("/", 1)[0] + f"/{dbname}"
+        targets[bundle] = start_provenant(
+            procs,
+            f"policies-{store}-{bundle}",
+            url,
+            tmp,
+            upstream,
+            60,
+            extra_env={"PROVENANT_POLICY_BUNDLE": path},
+        )
+    for round_ in range(args.rounds):
+        log(f"{store}: round {round_ + 1}/{args.rounds}")
+        order = list(targets.items())
+        if round_ % 2:
+            order.reverse()
+        for bundle, t in order:
+            assert t.proc is not None
+            m = runner.measure(t.name, "c", t.url, MODEL_FAST, t.key, args.connections, t.proc.pid)
+            if not m.ok:
+                raise RuntimeError(f"{t.name}: errors={m.errors} non2xx={m.non2xx}")
+            rps.setdefault(bundle, []).append(m.rps)
+            served.setdefault(bundle, []).append((m.requests, m.duration_s))
+            if m.cpu_us_per_req is not None:
+                cpu.setdefault(bundle, []).append(m.cpu_us_per_req)
+    for t in targets.values():  # the next store's targets get the machine to themselves
+        assert t.proc is not None
+        procs.stop(t.proc)
+
+    base = statistics.median(rps["none"])
+    pooled_none = pooled(served["none"])
+    lines = []
+    for bundle in rps:
+        med = statistics.median(rps[bundle])
+        paired = [r / n for r, n in zip(rps[bundle], rps["none"], strict=True)]
+        ratio = statistics.median(paired)
+        q1, _, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else (ratio,) * 3
+        cpu_med = statistics.median(cpu[bundle]) if cpu.get(bundle) else float("nan")
+        verdict = ""
+        if bundle == "finance":
+            verdict = f"{'PASS' if ratio >= TARGET_RATIO else 'FAIL'} (>= {TARGET_RATIO}x)"
+        lines.append(
+            f"| {store} | {bundle} | {med:.0f} | {ratio:.3f}x | {q1:.2f}-{q3:.2f} "
+            f"| {pooled(served[bundle]) / pooled_none:.3f}x | {med / base:.3f}x "
+            f"| {cpu_med:.0f} | {verdict} |"
+        )
+    rounds = "; ".join(
+        f"{b} {', '.join(f'{r / n:.2f}' for r, n in zip(rps[b], rps['none'], strict=True))}"
+        for b in rps
+        if b != "none"
+    )
+    return [*lines, f"<!-- {store} rounds' ratios: {rounds} -->"]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=int, default=3, help="seconds per wrk slice (whole)")
     p.add_argument("--warmup", type=int, default=1, help="seconds of wrk warm-up per slice")
     p.add_argument("--rounds", type=int, default=12, help="interleaved rounds per target")
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument(
+        "--stores",
+        default="sqlite,postgres",
+        help="comma-separated: sqlite (the embedded default), postgres (production)",
+    )
+    p.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get(
+            "BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="a PostgreSQL URL allowed to drop and create the run's databases",
+    )
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args()
     command = shlex.join([".venv/bin/python", "bench/policies.py", *sys.argv[1:]])
@@ -139,43 +224,14 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="policies-", dir=WORK))
     procs = Processes(tmp, None)
     runner = Runner(wrk, None, args.duration, args.warmup, tmp, tmp / "wrk-raw.txt")
-    rps: dict[str, list[float]] = {}
-    cpu: dict[str, list[float]] = {}
-    served: dict[str, list[tuple[int, float]]] = {}  # (requests, seconds) of each slice
+    rows: list[str] = []
     try:
         upstream = start_demo_upstream(procs)
-        targets = {}
-        for bundle in ("none", "default", "finance"):
-            path = "none" if bundle == "none" else str(ROOT / "policies" / f"{bundle}.yaml")
-            targets[bundle] = start_provenant(
-                procs,
-                f"policies-{bundle}",
-                f"sqlite:///{tmp / bundle}.db",
-                tmp,
-                upstream,
-                60,
-                extra_env={"PROVENANT_POLICY_BUNDLE": path},
-            )
-        for round_ in range(args.rounds):
-            log(f"round {round_ + 1}/{args.rounds}")
-            order = list(targets.items())
-            if round_ % 2:
-                order.reverse()
-            for bundle, t in order:
-                assert t.proc is not None
-                m = runner.measure(
-                    t.name, "c", t.url, MODEL_FAST, t.key, args.connections, t.proc.pid
-                )
-                if not m.ok:
-                    raise RuntimeError(f"{t.name}: errors={m.errors} non2xx={m.non2xx}")
-                rps.setdefault(bundle, []).append(m.rps)
-                served.setdefault(bundle, []).append((m.requests, m.duration_s))
-                if m.cpu_us_per_req is not None:
-                    cpu.setdefault(bundle, []).append(m.cpu_us_per_req)
+        for store in args.stores.split(","):
+            rows += measure_store(args, runner, procs, tmp, upstream, store)
     finally:
         procs.stop_all()
 
-    base = statistics.median(rps["none"])
     lines = [
         "",
         f"## Policies — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
@@ -191,38 +247,17 @@ def main() -> int:
         "|---|---|---:|---:|",
         *[f"| {b} | {k} | {us:.1f} | {n} |" for b, k, us, n in costs],
         "",
-        f"Proxy, 1 worker, SQLite, wrk c={args.connections}, {args.rounds} interleaved rounds of "
-        f"{args.duration:g} s slices after {args.warmup:g} s of warm-up each (a round's ratio is "
-        "the bundle's req/s over `none`'s in that round; pooled: all requests over all measured "
-        "seconds):",
+        f"Proxy, 1 worker, wrk c={args.connections}, {args.rounds} interleaved rounds of "
+        f"{args.duration:g} s slices after {args.warmup:g} s of warm-up each, per store (a "
+        "round's ratio is the bundle's req/s over `none`'s in that round; pooled: all requests "
+        "over all measured seconds):",
         "",
-        "| bundle | req/s (median) | ratio to none (median of rounds) | quartiles of rounds' "
-        "ratios | pooled ratio | ratio of medians | server CPU us/req | target |",
-        "|---|---:|---:|---|---:|---:|---:|---|",
-    ]
-    pooled_none = pooled(served["none"])
-    for bundle in rps:
-        med = statistics.median(rps[bundle])
-        paired = [r / n for r, n in zip(rps[bundle], rps["none"], strict=True)]
-        ratio = statistics.median(paired)
-        q1, _, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else (ratio,) * 3
-        cpu_med = statistics.median(cpu[bundle]) if cpu.get(bundle) else float("nan")
-        verdict = ""
-        if bundle == "finance":
-            verdict = f"{'PASS' if ratio >= TARGET_RATIO else 'FAIL'} (>= {TARGET_RATIO}x)"
-        lines.append(
-            f"| {bundle} | {med:.0f} | {ratio:.3f}x | {q1:.2f}-{q3:.2f} "
-            f"| {pooled(served[bundle]) / pooled_none:.3f}x | {med / base:.3f}x "
-            f"| {cpu_med:.0f} | {verdict} |"
-        )
-    lines += [
+        "| store | bundle | req/s (median) | ratio to none (median of rounds) | quartiles of "
+        "rounds' ratios | pooled ratio | ratio of medians | server CPU us/req | target |",
+        "|---|---|---:|---:|---|---:|---:|---:|---|",
+        *(r for r in rows if r.startswith("|")),
         "",
-        "Rounds' ratios: "
-        + "; ".join(
-            f"{b} {', '.join(f'{r / n:.2f}' for r, n in zip(rps[b], rps['none'], strict=True))}"
-            for b in rps
-            if b != "none"
-        ),
+        *(r.removeprefix("<!-- ").removesuffix(" -->") + "  " for r in rows if r.startswith("<")),
     ]
     report = "\n".join(lines) + "\n"
     print(report)

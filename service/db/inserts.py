@@ -1,5 +1,5 @@
-"""Bulk INSERTs without SQLAlchemy's per-row work: rows go to the driver as positional tuples,
-through its executemany (SQLite) or as multi-row statements (SQLite and PostgreSQL)."""
+"""Bulk INSERTs for SQLite without SQLAlchemy's per-row work: rows go to the driver as
+positional tuples, through its executemany or as multi-row statements."""
 
 from __future__ import annotations
 
@@ -15,25 +15,19 @@ _NEW = object()
 
 
 class Insert:
-    """One table's INSERT as the driver takes it (positional parameters), with each column's
-    bind processor and Python-side default: a batch goes to the driver without SQLAlchemy's
-    per-execution parameter processing (~1 us per row per table on SQLite, several on
-    PostgreSQL; an answer under a policy bundle writes a dozen rows).
+    """One table's INSERT as the SQLite driver takes it (positional), with each column's bind
+    processor and Python-side default: a batch goes to the driver without SQLAlchemy's
+    per-execution parameter processing (~1 us per row per table; an answer under a policy
+    bundle writes a dozen rows)."""
 
-    ``dialect`` gives the bind processors (the engine's own, with its JSON serializer);
-    ``compile_dialect`` the SQL, and must be positional: SQLite's qmark dialect is, and for
-    PostgreSQL ``Inserts`` compiles with a copy of psycopg's dialect in ``format`` style, so
-    the statement is the one SQLAlchemy sends (casts included) with ``%s`` placeholders."""
-
-    def __init__(self, table: Table, dialect: Dialect, compile_dialect: Dialect | None = None):
-        compiled = table.insert().compile(dialect=compile_dialect or dialect)
+    def __init__(self, table: Table, dialect: Dialect) -> None:
+        compiled = table.insert().compile(dialect=dialect)
         self.sql = compiled.string
-        assert compiled.positiontup is not None, "a positional (qmark or format) dialect"
+        assert compiled.positiontup is not None, "a positional (qmark) dialect"
         columns = [table.c[compiled.binds[name].key] for name in compiled.positiontup]
         # "INSERT INTO t (a, b) VALUES (?, ?)": the head and one row's group, for run_multirow
         head, _, group = self.sql.rpartition(" VALUES ")
-        marker = "?" if compiled.dialect.paramstyle == "qmark" else "%s"
-        assert group[0] + group[-1] == "()" and group.count(marker) == len(columns), self.sql
+        assert group == "(" + ", ".join(["?"] * len(columns)) + ")", self.sql
         self._head, self._group, self._width = head + " VALUES ", group, len(columns)
         self._max_params = dialect.insertmanyvalues_max_parameters
         keys = [c.key for c in columns]
@@ -102,19 +96,12 @@ class Insert:
 
 
 class Inserts(dict[Table, Insert]):
-    """Each table's ``Insert`` for one engine's dialect, made when first asked for."""
-
     def __init__(self, dialect: Dialect) -> None:
         super().__init__()
         self._dialect = dialect
-        self._compile: Dialect | None = None
-        if dialect.paramstyle not in ("qmark", "format"):
-            # the same dialect class in the positional style its driver also takes (psycopg)
-            dialect_class: Any = type(dialect)
-            self._compile = dialect_class(paramstyle="format")
 
     def of(self, table: Table) -> Insert:
         found = self.get(table)
         if found is None:
-            found = self[table] = Insert(table, self._dialect, self._compile)
+            found = self[table] = Insert(table, self._dialect)
         return found

@@ -59,19 +59,16 @@ class AuditWriter:
         self._thread: threading.Thread | None = None
         self._on_batch = on_batch
         self._conn: Connection | None = None  # owned by the writer thread
-        # rows straight to the driver as positional tuples (db.inserts), without SQLAlchemy's
-        # per-row parameter processing. SQLite: a table with several rows per answer (policy
-        # decisions, retrievals) as multi-row statements, since the driver hands the GIL to
-        # the busy event loop and waits to get it back after every statement step (one per row
-        # with executemany): under the finance bundle (8 decisions per answer) a batch took 12
-        # instead of 22 ms, 4% more answers/s in an interleaved run; the record and log tables
-        # (one row per answer) stay with executemany, which measured better for them (multi-row
-        # made batches smaller, not faster overall). PostgreSQL: every table as multi-row
-        # INSERTs (psycopg's executemany sends a statement per row, which cost the server a
-        # fifth of the gateway's throughput), as SQLAlchemy's insertmanyvalues did, but with
-        # each value converted once (its per-row processing cost ~15 us per decision row)
-        self._inserts = Inserts(engine.dialect)
-        self._multirow_only = engine.dialect.name == "postgresql"
+        # SQLite: rows straight to the in-process driver; a table with several rows per answer
+        # (policy decisions, retrievals) as multi-row statements, since the driver hands the
+        # GIL to the busy event loop and waits to get it back after every statement step (one
+        # per row with executemany): under the finance bundle (8 decisions per answer) a batch
+        # took 12 instead of 22 ms, 4% more answers/s in an interleaved run; the record and
+        # log tables (one row per answer) stay with executemany, which measured better for
+        # them (multi-row made batches smaller, not faster overall). PostgreSQL keeps SQLAlchemy's
+        # insertmanyvalues (one multi-row INSERT per table and batch): psycopg's executemany
+        # sends a statement per row, which cost the server a fifth of the gateway's throughput
+        self._inserts = Inserts(engine.dialect) if engine.dialect.name == "sqlite" else None
         self.healthy = False
         self.batches = 0
         self.rows_committed = 0
@@ -199,11 +196,14 @@ class AuditWriter:
             with _pipeline(conn), conn.begin():
                 # parents before children: tables sorted by foreign-key depth
                 for table in sorted(merged, key=_depth):
-                    insert, values = self._inserts.of(table), merged[table]
-                    if self._multirow_only or len(values) > len(answers):
-                        insert.run_multirow(conn, values)
+                    if self._inserts is None:
+                        conn.execute(table.insert(), merged[table])
                     else:
-                        insert.run(conn, values)
+                        insert, values = self._inserts.of(table), merged[table]
+                        if len(values) > len(answers):
+                            insert.run_multirow(conn, values)
+                        else:
+                            insert.run(conn, values)
         except Exception:
             self._conn = None
             with contextlib.suppress(Exception):

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.db.inserts import Inserts
+from service.db.inserts import Copy, Insert, PerTable
 from service.errors import StoreUnavailable
 
 log = logging.getLogger("provenant.writer")
@@ -48,6 +48,7 @@ class AuditWriter:
         engine: Engine,
         *,
         max_batch: int = 512,
+        copy_from: int = 4,
         probe_interval_s: float = 1.0,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
@@ -59,16 +60,21 @@ class AuditWriter:
         self._thread: threading.Thread | None = None
         self._on_batch = on_batch
         self._conn: Connection | None = None  # owned by the writer thread
-        # SQLite: rows straight to the in-process driver; a table with several rows per answer
-        # (policy decisions, retrievals) as multi-row statements, since the driver hands the
-        # GIL to the busy event loop and waits to get it back after every statement step (one
-        # per row with executemany): under the finance bundle (8 decisions per answer) a batch
-        # took 12 instead of 22 ms, 4% more answers/s in an interleaved run; the record and
-        # log tables (one row per answer) stay with executemany, which measured better for
-        # them (multi-row made batches smaller, not faster overall). PostgreSQL keeps SQLAlchemy's
-        # insertmanyvalues (one multi-row INSERT per table and batch): psycopg's executemany
-        # sends a statement per row, which cost the server a fifth of the gateway's throughput
-        self._inserts = Inserts(engine.dialect) if engine.dialect.name == "sqlite" else None
+        # rows straight to the driver as positional values (db.inserts), without SQLAlchemy's
+        # per-row parameter processing. SQLite: a table with several rows per answer (policy
+        # decisions, retrievals) as multi-row statements, since the driver hands the GIL to
+        # the busy event loop and waits to get it back after every statement step (one per row
+        # with executemany): under the finance bundle (8 decisions per answer) a batch took 12
+        # instead of 22 ms, 4% more answers/s in an interleaved run; the record and log tables
+        # (one row per answer) stay with executemany, which measured better for them (multi-row
+        # made batches smaller, not faster overall). PostgreSQL: a batch of ``copy_from``
+        # answers or more as a COPY per table (half the writer's CPU per answer of
+        # SQLAlchemy's executemany, a prepared INSERT per row: see ``Copy``); a smaller one
+        # with SQLAlchemy's INSERTs in one pipeline (BEGIN to COMMIT in one round trip, where a
+        # COPY per table costs a round trip each: the latency of an answer alone)
+        self._inserts = PerTable(Insert, engine.dialect) if self.db_system == "sqlite" else None
+        self._copies = PerTable(Copy, engine.dialect) if self.db_system == "postgresql" else None
+        self._copy_from = copy_from
         self.healthy = False
         self.batches = 0
         self.rows_committed = 0
@@ -193,17 +199,19 @@ class AuditWriter:
             self._conn = self._engine.connect()
         conn = self._conn
         try:
-            with _pipeline(conn), conn.begin():
+            copies = self._copies if len(answers) >= self._copy_from else None
+            with _pipeline(conn, copies is None), conn.begin():
                 # parents before children: tables sorted by foreign-key depth
                 for table in sorted(merged, key=_depth):
-                    if self._inserts is None:
-                        conn.execute(table.insert(), merged[table])
+                    values = merged[table]
+                    if copies is not None:
+                        copies.of(table).run(conn, values)
+                    elif self._inserts is None:
+                        conn.execute(table.insert(), values)
+                    elif len(values) > len(answers):
+                        self._inserts.of(table).run_multirow(conn, values)
                     else:
-                        insert, values = self._inserts.of(table), merged[table]
-                        if len(values) > len(answers):
-                            insert.run_multirow(conn, values)
-                        else:
-                            insert.run(conn, values)
+                        self._inserts.of(table).run(conn, values)
         except Exception:
             self._conn = None
             with contextlib.suppress(Exception):
@@ -212,11 +220,12 @@ class AuditWriter:
             raise
 
 
-def _pipeline(conn: Connection) -> contextlib.AbstractContextManager[Any]:
-    """PostgreSQL: the batch's BEGIN, INSERTs and COMMIT sent in one go (psycopg's pipeline
-    mode) and their results read once, at the commit: one round trip per batch instead of one
-    per statement. Any error still surfaces, at the latest when the commit syncs."""
-    if conn.dialect.name != "postgresql":
+def _pipeline(conn: Connection, wanted: bool) -> contextlib.AbstractContextManager[Any]:
+    """PostgreSQL, unless the batch goes by COPY (which a pipeline cannot carry): the batch's
+    BEGIN, INSERTs and COMMIT sent in one go (psycopg's pipeline mode) and their results read
+    once, at the commit: one round trip per batch instead of one per statement. Any error
+    still surfaces, at the latest when the commit syncs."""
+    if not wanted or conn.dialect.name != "postgresql":
         return contextlib.nullcontext()  # SQLite: an in-process driver, no round trips
     driver = conn.connection.driver_connection
     assert driver is not None, "a live connection"

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, 
 from sqlalchemy.engine import make_url
 
 from service.db.base import utcnow
-from service.db.inserts import Inserts
+from service.db.inserts import Insert, PerTable
 from service.integrity import merkle
 from service.integrity.models import Checkpoint, LogEntry, LogPending, SigningKey, TreeNode
 from service.integrity.signing import Signer, b64url, checkpoint_body
@@ -99,7 +99,7 @@ class Sealer:
         self._batch = batch
         url = make_url(str(engine.url))
         self._sqlite = url.get_backend_name() == "sqlite"
-        self._inserts = Inserts(engine.dialect) if self._sqlite else None
+        self._inserts = PerTable(Insert, engine.dialect) if self._sqlite else None
         self._lock_path: Path | None = None
         if self._sqlite and url.database and url.database != ":memory:":
             self._lock_path = Path(url.database + ".sealer.lock")

@@ -86,20 +86,29 @@ def test_a_stopped_writer_refuses_rather_than_dropping(database_url: str) -> Non
     engine.dispose()
 
 
+@pytest.mark.parametrize("copy_from", [1, 10**6], ids=["copy", "insert"])
 def test_rows_read_back_as_written_and_a_partial_row_gets_its_defaults(
-    database_url: str, sessions: sessionmaker[Session]
+    database_url: str, sessions: sessionmaker[Session], copy_from: int
 ) -> None:
+    """On PostgreSQL, by COPY (a batch of copy_from answers or more) and by INSERT alike."""
     principal = principal_of(sessions)
-    full_id, full = rows_for(principal, "every column")
+    # text a COPY must escape: tab, newline, backslash, a \N lookalike, non-ASCII
+    full_id, full = rows_for(principal, "every column\t\\N \\ \n ✓")
     (record,) = full[AuditRecord.__table__]
-    record.update(params={"temperature": 0.5, "stop": ["x"]}, stream=True, trace_id="ab" * 16)
+    record.update(
+        params={"temperature": 0.5, "stop": ["x\\N", "\t"], "nested": {"ü": [1, None]}},
+        stream=True,
+        trace_id="ab" * 16,
+        end_user="\\N",
+        error_message="line one\nline\ttwo \\ ✓",
+    )
     releaf(full, record)
     partial_id, partial = rows_for(principal, "some columns")
     (some,) = partial[AuditRecord.__table__]
     del some["schema_version"]  # left to the column default
     releaf(partial, {**some, "schema_version": 1})
     engine = make_engine(database_url)
-    writer = AuditWriter(engine)
+    writer = AuditWriter(engine, copy_from=copy_from)
     writer.start()
     try:
         writer.submit(full).result(timeout=30)

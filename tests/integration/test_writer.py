@@ -129,8 +129,8 @@ def test_rows_read_back_as_written_and_a_partial_row_gets_its_defaults(
 def test_many_decisions_per_answer_are_all_stored_as_written(
     database_url: str, sessions: sessionmaker[Session]
 ) -> None:
-    """Batches whose decision rows exceed what one multi-row INSERT may bind (SQLite: 32,700
-    parameters, ~4,600 decision rows) lose none and change none."""
+    """A batch whose decision rows exceed what one multi-row INSERT may bind (SQLite: 32,700
+    parameters, 5,450 decision rows; PostgreSQL: one COPY) loses none and changes none."""
     principal = principal_of(sessions)
     written: list[dict] = []
     answers = []
@@ -155,12 +155,11 @@ def test_many_decisions_per_answer_are_all_stored_as_written(
         )
     engine = make_engine(database_url)
     writer = AuditWriter(engine, max_batch=512)
-    writer.start()
+    writer.start()  # idle: its stop closes the connection the batch below opens
     try:
-        futures = [writer.submit(rows) for rows in answers]
-        cf.wait(futures, timeout=120)
-        assert all(f.exception() is None for f in futures)
-        assert max(f.result() for f in futures) > 400  # most went in one transaction
+        # all 500 answers as one batch, as the writer's thread takes a burst (submitted one by
+        # one, how many share a transaction depends on the machine's timing: 391-499 seen)
+        writer._insert(answers)
     finally:
         writer.stop()
         engine.dispose()

@@ -54,7 +54,8 @@ from proxy import (  # bench/ is not a package: proxy.py is beside this file
 
 from service.lineage.records import redact_json
 from service.policies.bundle import load_bundle
-from service.policies.engine import Engine, Facts, Source
+from service.policies.checks import Facts, Source
+from service.policies.engine import Engine
 
 BUNDLES = ("default", "finance", "healthcare", "eu-ai-act")
 BUNDLES_MEASURED = ("none", "default", "finance")

@@ -32,8 +32,9 @@ from service.integrity.receipts import Receipts
 from service.lineage.models import RecordStatus
 from service.lineage.records import Exchange, answer_text, parse_traceparent, redact_json
 from service.policies.bundle import Stage
-from service.policies.engine import Decision, Engine, Facts, Outcome
-from service.policies.engine import Source as PolicySource
+from service.policies.checks import Facts
+from service.policies.checks import Source as PolicySource
+from service.policies.engine import Decision, Engine, Outcome
 from service.policies.service import Policies
 from service.provenance.resolver import ModelResolver, Served
 from service.retrieval.sources import Source

@@ -10,8 +10,9 @@ import yaml
 
 from service.errors import InvalidPolicyBundle
 from service.integrity import leaf
-from service.policies import engine as engine_module
+from service.policies import checks
 from service.policies.bundle import Bundle, describe, load_bundle, problems
+from service.policies.checks import Facts, Source, estimate_tokens
 from service.policies.engine import (
     APPLIED,
     BLOCKED,
@@ -20,9 +21,6 @@ from service.policies.engine import (
     REDACTED,
     SKIPPED,
     Engine,
-    Facts,
-    Source,
-    estimate_tokens,
 )
 from service.policies.pii import Detector, may_hold
 
@@ -449,7 +447,7 @@ def test_a_stage_outcome_lists_views_leaf_entries_and_labels_in_its_decisions_or
 def test_token_estimates_past_the_shared_bound_are_decided_alike(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(engine_module, "_MAX_SHARED_ESTIMATES", 2)
+    monkeypatch.setattr(checks, "_MAX_SHARED_ESTIMATES", 2)
     e = engine({"stage": "pre", "check": {"type": "max_input_tokens", "limit": 3}})
     for _ in range(2):  # the first two estimates are shared, the later ones built each time
         for chars, tokens in ((4, 1), (8, 2), (12, 3), (16, 4), (20, 5)):

@@ -21,7 +21,8 @@ from service.lineage.records import (
     redact_json,
 )
 from service.policies.bundle import load_bundle
-from service.policies.engine import Engine, Facts, Source
+from service.policies.checks import Facts, Source
+from service.policies.engine import Engine
 from service.policies.pii import Detector
 from service.tenancy.auth import Principal
 from service.tenancy.models import Role

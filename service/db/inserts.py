@@ -120,12 +120,13 @@ class Copy(_Columns):
         names = ", ".join(preparer.quote(c.name) for c in columns)
         self.sql = f"COPY {preparer.format_table(table)} ({names}) FROM STDIN"
 
-    def run(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """The rows in one COPY, on the connection's current transaction."""
+    def run(self, conn: Connection, rows: list[dict[str, Any]], *, repeats: bool) -> None:
+        """The rows in one COPY, on the connection's current transaction (``repeats``: as
+        ``_params`` takes it)."""
         driver = conn.connection.driver_connection
         assert driver is not None, "a live connection"
         with driver.cursor() as cursor, cursor.copy(self.sql) as copy:
-            for values in self._params(rows, repeats=True):
+            for values in self._params(rows, repeats=repeats):
                 copy.write_row(values)
 
 

@@ -505,19 +505,20 @@ class Pipeline:
         return facts
 
     def _decide(self, engine: Engine, stage: Stage, facts: Facts) -> Outcome:
-        """Evaluate one stage of the bundle inside its span; count each decision."""
+        """Evaluate one stage of the bundle (inside its span when tracing); count its
+        decisions."""
+        evaluate = engine.pre if stage is Stage.pre else engine.post
         if not self._tracing.enabled:
-            out = engine.pre(facts) if stage is Stage.pre else engine.post(facts)
-            self._metrics.count_decisions(out.counts)
-            return out
-        with self._tracing.policy(stage.value, bundle_sha256=engine.sha256) as span:
-            out = engine.pre(facts) if stage is Stage.pre else engine.post(facts)
-            Tracing.record_policy(
-                span,
-                outcome="block" if out.blocked else "allow",
-                decisions=len(out.decisions),
-                blocked_by=None if out.blocked is None else out.blocked.policy.id,
-            )
+            out = evaluate(facts)
+        else:
+            with self._tracing.policy(stage.value, bundle_sha256=engine.sha256) as span:
+                out = evaluate(facts)
+                Tracing.record_policy(
+                    span,
+                    outcome="block" if out.blocked else "allow",
+                    decisions=len(out.decisions),
+                    blocked_by=None if out.blocked is None else out.blocked.policy.id,
+                )
         self._metrics.count_decisions(out.counts)
         return out
 

@@ -204,11 +204,13 @@ class AuditWriter:
                 # parents before children: tables sorted by foreign-key depth
                 for table in sorted(merged, key=_depth):
                     values = merged[table]
+                    # several rows per answer (decisions, retrievals) repeat values
+                    repeats = len(values) > len(answers)
                     if copies is not None:
-                        copies.of(table).run(conn, values)
+                        copies.of(table).run(conn, values, repeats=repeats)
                     elif self._inserts is None:
                         conn.execute(table.insert(), values)
-                    elif len(values) > len(answers):
+                    elif repeats:
                         self._inserts.of(table).run_multirow(conn, values)
                     else:
                         self._inserts.of(table).run(conn, values)

@@ -133,10 +133,12 @@ class Exchange:
             answer = answer_text(choices)
         prompt = prompt_text(messages)
         if self.content_mode == "redacted" and self.redact is not None:
-            # a prompt whose JSON has no digit and no @ has no string the redactor changes
+            # a prompt whose JSON has no digit and no @ has no string the redactor changes; and
+            # one the redactor left as it was (copy on write: the same list) keeps its text
             if pii.may_hold(prompt):
-                messages = redact_json(messages, self.redact)
-                prompt = prompt_text(messages)
+                redacted = redact_json(messages, self.redact)
+                if redacted is not messages:
+                    messages, prompt = redacted, prompt_text(redacted)
             choices = redact_json(choices, self.redact)
             answer = answer_text(choices)
         usage = usage or {}

@@ -101,6 +101,9 @@ class _Verdict:
     views: tuple[dict[str, Any], ...]
     leaves: tuple[list[Any], ...]
     counts: tuple[tuple[str, str, str], ...]
+    # the outcome itself when there is nothing to redact (no per-answer redactor): one object
+    # for every answer that gets this verdict (nothing changes an Outcome once built)
+    fixed: Outcome | None = None
 
     @classmethod
     def of(cls, compiled: Sequence[_Compiled], decisions: Sequence[Decision]) -> _Verdict:
@@ -110,7 +113,7 @@ class _Verdict:
             for c, d in zip(compiled, decisions, strict=True)
             if d.outcome == REDACTED and c.redactor is not None
         )
-        return cls(
+        parts = (
             tuple(decisions),
             blocked,
             redactors,
@@ -118,8 +121,14 @@ class _Verdict:
             tuple(d.leaf for d in decisions),
             tuple(d.count for d in decisions),
         )
+        fixed = None
+        if not redactors:
+            fixed = Outcome(parts[0], blocked, None, parts[3], parts[4], parts[5])
+        return cls(*parts, fixed)
 
     def outcome(self, memo: pii.Memo) -> Outcome:
+        if self.fixed is not None:
+            return self.fixed
         return Outcome(
             self.decisions,
             self.blocked,
@@ -216,11 +225,12 @@ class _Stage:
     that applies), so their decisions, views, leaf entries and metric labels are put
     together once, not for every answer."""
 
-    __slots__ = ("_memo", "compiled")
+    __slots__ = ("_memo", "compiled", "stage")
 
     MEMO_SIZE = 256  # combinations kept per stage; past it a verdict is built per answer
 
-    def __init__(self, compiled: list[_Compiled]) -> None:
+    def __init__(self, stage: Stage, compiled: list[_Compiled]) -> None:
+        self.stage = stage
         self.compiled = compiled
         # each key is the ids of shared results, which live as long as the compiled checks
         # that hold them (so no id in a key can be reused by another object meanwhile)
@@ -228,14 +238,18 @@ class _Stage:
 
     def run(self, facts: Facts) -> Outcome:
         compiled = self.compiled
-        results = [c.run(facts, c.policy.stage) for c in compiled]
+        stage = self.stage
+        results = [c.run(facts, stage) for c in compiled]
+        key = tuple(map(id, results))
+        # a key holds only ids of shared results, alive as long as this stage: a result built
+        # for this answer is alive too, so its id is in no key and a hit means all are shared
+        verdict = self._memo.get(key)
+        if verdict is not None:
+            return verdict.outcome(facts.memo)
         if all(r.shared for r in results):
-            key = tuple(map(id, results))
-            verdict = self._memo.get(key)
-            if verdict is None:
-                verdict = _Verdict.of(compiled, list(map(_Compiled.decide, compiled, results)))
-                if len(self._memo) < self.MEMO_SIZE:
-                    self._memo[key] = verdict
+            verdict = _Verdict.of(compiled, list(map(_Compiled.decide, compiled, results)))
+            if len(self._memo) < self.MEMO_SIZE:
+                self._memo[key] = verdict
             return verdict.outcome(facts.memo)
         decisions = [
             (c.shared.get(id(r)) or c.decide(r)) if r.shared else c.decide(r)
@@ -266,8 +280,8 @@ class _Scope:
         classes = [c.policy.check for c in pre if isinstance(c.policy.check, Retention)]
         longest = max(classes, key=lambda r: r.days, default=None)
         return cls(
-            _Stage(pre),
-            _Stage(post),
+            _Stage(Stage.pre, pre),
+            _Stage(Stage.post, post),
             mode,
             [c.redactor for c, _ in modes if c.redactor is not None],
             None if longest is None else (longest.name, longest.days),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -124,3 +126,40 @@ def test_answers_commit_while_a_large_seal_is_prepared(
     # before, the seal held the write lock from its first read to its commit: no answer could
     # commit while it read, hashed and signed 40,000 entries
     assert committed >= 5
+
+
+def test_a_sealer_keeps_out_while_another_process_holds_the_lock_and_seals_after_it_dies(
+    store: tuple[Path, Engine, Sealer],
+) -> None:
+    """Several gateway processes on one SQLite store: one seals at a time (the others' seal
+    runs end at once, sealing nothing), and a holder that dies gives the lock up."""
+    path, engine, sealer = store
+    _pend(engine, 5)
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+            f"{path}.sealer.lock",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            assert sealer.seal() == []
+            with engine.connect() as conn:
+                assert tree_size(conn) == 0
+                assert conn.execute(select(func.count()).select_from(LogPending)).scalar() == 5
+        finally:
+            holder.kill()  # dies holding it: no release, the kernel drops the lock
+            holder.wait(10)
+    assert [s.entries for s in sealer.seal()] == [5]
+    # and this process's sealer gives it up after each run: a second sealer can take it
+    _pend(engine, 2)
+    assert [s.entries for s in Sealer(engine, sealer._signer).seal()] == [2]

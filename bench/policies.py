@@ -18,7 +18,13 @@
    requests over all measured seconds) and the paired ratios' quartiles are shown too.
    Target (issue: governance policies): finance >= 0.8x.
 
-Usage: ``.venv/bin/python bench/policies.py [--stores sqlite,postgres] [--rounds 12] [--no-write]``.
+With ``--baseline REV``, ``none`` and ``finance`` are also served by that git revision's code
+(its ``service``, migrations and bundle files, in this virtualenv) in the same rounds, labelled
+``none@REV`` and ``finance@REV``, each ratio against its own code's ``none``: a change's effect
+on the ratio, measured side by side.
+
+Usage: ``.venv/bin/python bench/policies.py [--stores sqlite,postgres] [--rounds 12]
+[--baseline REV] [--no-write]``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from proxy import (  # bench/ is not a package: proxy.py is beside this file
     WORK,
     Processes,
     Runner,
+    extract_revision,
     git_revision,
     load_average,
     log,
@@ -59,6 +66,7 @@ from service.policies.engine import Engine
 
 BUNDLES = ("default", "finance", "healthcare", "eu-ai-act")
 BUNDLES_MEASURED = ("none", "default", "finance")
+BASELINE_MEASURED = ("none", "finance")  # with --baseline REV
 TARGET_RATIO = 0.8
 
 PROMPT = [
@@ -131,64 +139,70 @@ def measure_store(
     cpu: dict[str, list[float]] = {}
     served: dict[str, list[tuple[int, float]]] = {}  # (requests, seconds) of each slice
     targets = {}
-    for bundle in BUNDLES_MEASURED:
-        path = "none" if bundle == "none" else str(ROOT / "policies" / f"{bundle}.yaml")
+    # (label, bundle, code): this checkout's bundles, and with --baseline the same bundles
+    # served by that revision's code (and its own bundle files), labelled bundle@revision
+    runs = [(b, b, None) for b in BUNDLES_MEASURED]
+    if args.baseline_code is not None:
+        runs += [(f"{b}@{args.baseline}", b, args.baseline_code) for b in BASELINE_MEASURED]
+    for label, bundle, code in runs:
+        home = ROOT if code is None else code
+        path = "none" if bundle == "none" else str(home / "policies" / f"{bundle}.yaml")
+        name = label.replace("@", "-at-")
         if store == "sqlite":
-            url = f"sqlite:///{tmp / bundle}.db"
+            url = f"sqlite:///{tmp / name}-{store}.db"
         else:
-            dbname = f"provenant_bench_policies_{bundle}"
+            dbname = f"provenant_bench_policies_{name.replace('-', '_')}"
             reset_postgres(args.pg_admin_url, dbname)
             url = args.pg_admin_url.rsplit("/", 1)[0] + f"/{dbname}"
-        targets[bundle] = start_provenant(
+        targets[label] = start_provenant(
             procs,
-            f"policies-{store}-{bundle}",
+            f"policies-{store}-{name}",
             url,
             tmp,
             upstream,
             60,
             extra_env={"PROVENANT_POLICY_BUNDLE": path},
+            code=code,
         )
     for round_ in range(args.rounds):
         log(f"{store}: round {round_ + 1}/{args.rounds}")
         order = list(targets.items())
         if round_ % 2:
             order.reverse()
-        for bundle, t in order:
+        for label, t in order:
             assert t.proc is not None
             m = runner.measure(t.name, "c", t.url, MODEL_FAST, t.key, args.connections, t.proc.pid)
             if not m.ok:
                 raise RuntimeError(f"{t.name}: errors={m.errors} non2xx={m.non2xx}")
-            rps.setdefault(bundle, []).append(m.rps)
-            served.setdefault(bundle, []).append((m.requests, m.duration_s))
+            rps.setdefault(label, []).append(m.rps)
+            served.setdefault(label, []).append((m.requests, m.duration_s))
             if m.cpu_us_per_req is not None:
-                cpu.setdefault(bundle, []).append(m.cpu_us_per_req)
+                cpu.setdefault(label, []).append(m.cpu_us_per_req)
     for t in targets.values():  # the next store's targets get the machine to themselves
         assert t.proc is not None
         procs.stop(t.proc)
 
-    base = statistics.median(rps["none"])
-    pooled_none = pooled(served["none"])
     lines = []
-    for bundle in rps:
-        med = statistics.median(rps[bundle])
-        paired = [r / n for r, n in zip(rps[bundle], rps["none"], strict=True)]
+    rounds = []
+    for label in rps:
+        bundle, _, revision = label.partition("@")
+        none = "none" + (f"@{revision}" if revision else "")  # each code against its own none
+        med = statistics.median(rps[label])
+        paired = [r / n for r, n in zip(rps[label], rps[none], strict=True)]
         ratio = statistics.median(paired)
         q1, _, q3 = statistics.quantiles(paired, n=4) if len(paired) > 1 else (ratio,) * 3
-        cpu_med = statistics.median(cpu[bundle]) if cpu.get(bundle) else float("nan")
+        cpu_med = statistics.median(cpu[label]) if cpu.get(label) else float("nan")
         verdict = ""
-        if bundle == "finance":
+        if label == "finance":
             verdict = f"{'PASS' if ratio >= TARGET_RATIO else 'FAIL'} (>= {TARGET_RATIO}x)"
         lines.append(
-            f"| {store} | {bundle} | {med:.0f} | {ratio:.3f}x | {q1:.2f}-{q3:.2f} "
-            f"| {pooled(served[bundle]) / pooled_none:.3f}x | {med / base:.3f}x "
-            f"| {cpu_med:.0f} | {verdict} |"
+            f"| {store} | {label} | {med:.0f} | {ratio:.3f}x | {q1:.2f}-{q3:.2f} "
+            f"| {pooled(served[label]) / pooled(served[none]):.3f}x "
+            f"| {med / statistics.median(rps[none]):.3f}x | {cpu_med:.0f} | {verdict} |"
         )
-    rounds = "; ".join(
-        f"{b} {', '.join(f'{r / n:.2f}' for r, n in zip(rps[b], rps['none'], strict=True))}"
-        for b in rps
-        if b != "none"
-    )
-    return [*lines, f"<!-- {store} rounds' ratios: {rounds} -->"]
+        if bundle != "none":
+            rounds.append(f"{label} {', '.join(f'{r:.2f}' for r in paired)}")
+    return [*lines, f"<!-- {store} rounds' ratios: {'; '.join(rounds)} -->"]
 
 
 def main() -> int:
@@ -209,6 +223,11 @@ def main() -> int:
         ),
         help="a PostgreSQL URL allowed to drop and create the run's databases",
     )
+    p.add_argument(
+        "--baseline",
+        help="also serve none and finance with this git revision's code (beside this checkout's, "
+        "in the same rounds); it runs in this virtualenv",
+    )
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = p.parse_args()
     command = shlex.join([".venv/bin/python", "bench/policies.py", *sys.argv[1:]])
@@ -223,6 +242,9 @@ def main() -> int:
 
     WORK.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="policies-", dir=WORK))
+    args.baseline_code = None
+    if args.baseline:
+        args.baseline_code = extract_revision(args.baseline, tmp / "baseline")
     procs = Processes(tmp, None)
     runner = Runner(wrk, None, args.duration, args.warmup, tmp, tmp / "wrk-raw.txt")
     rows: list[str] = []

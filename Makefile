@@ -47,7 +47,7 @@ test: $(TEST_STAMP) browser
 	$(BIN)/ruff check service tests bench migrations
 	$(BIN)/ruff format --check service tests bench migrations
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check service tests bench migrations

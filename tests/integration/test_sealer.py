@@ -129,7 +129,7 @@ def test_answers_commit_while_a_large_seal_is_prepared(
 
 
 def test_a_sealer_keeps_out_while_another_process_holds_the_lock_and_seals_after_it_dies(
-    store: tuple[Path, Engine, Sealer],
+    store: tuple[Path, Engine, Sealer], tmp_path: Path
 ) -> None:
     """Several gateway processes on one SQLite store: one seals at a time (the others' seal
     runs end at once, sealing nothing), and a holder that dies gives the lock up."""
@@ -162,4 +162,5 @@ def test_a_sealer_keeps_out_while_another_process_holds_the_lock_and_seals_after
     assert [s.entries for s in sealer.seal()] == [5]
     # and this process's sealer gives it up after each run: a second sealer can take it
     _pend(engine, 2)
-    assert [s.entries for s in Sealer(engine, sealer._signer).seal()] == [2]
+    key = signing.load_or_create(tmp_path / "k.pem", create=False)
+    assert [s.entries for s in Sealer(engine, signing.Signer(key, ORIGIN)).seal()] == [2]
